@@ -1,1 +1,244 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <command>` (see `.cargo/config.toml`).
+//!
+//! Uses only the standard library so that it builds before anything else.
+
+use std::env;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const USAGE: &str = "\
+Usage: cargo xtask <COMMAND>
+
+Commands:
+  test    Run every check CI runs, in order, stopping at the first failure:
+          formatting, clippy, all tests, doc tests
+  help    Print this message";
+
+/// One step of a command: a program and its arguments, run from the
+/// workspace root.
+struct Step {
+    /// What the step checks, for messages.
+    name: &'static str,
+    /// The program; `"cargo"` means the cargo that runs xtask.
+    program: &'static str,
+    /// Its arguments.
+    args: &'static [&'static str],
+}
+
+/// The steps of `cargo xtask test`, in order. Add new checks here.
+///
+/// The runtime step (tests against a real etcd) will first need
+/// `ensure_debian_packages(&["etcd-server", "etcd-client", "protobuf-compiler"])`.
+const TEST_STEPS: &[Step] = &[
+    Step {
+        name: "formatting",
+        program: "cargo",
+        args: &["fmt", "--all", "--", "--check"],
+    },
+    Step {
+        name: "clippy",
+        program: "cargo",
+        args: &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    },
+    Step {
+        name: "tests",
+        program: "cargo",
+        args: &["test", "--workspace", "--all-targets"],
+    },
+    Step {
+        name: "doc tests",
+        program: "cargo",
+        args: &["test", "--workspace", "--doc"],
+    },
+];
+
+/// Binaries that tell whether a Debian package is installed, for packages
+/// whose binary is not named like the package.
+const PACKAGE_BINARIES: &[(&str, &str)] = &[
+    ("etcd-server", "etcd"),
+    ("etcd-client", "etcdctl"),
+    ("protobuf-compiler", "protoc"),
+];
+
+/// A failure that ends xtask with a message and an exit code.
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl Failure {
+    fn new(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            code: 1,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") if args.len() == 1 => run_steps(TEST_STEPS),
+        Some("help" | "--help" | "-h") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some("test") => Err(Failure {
+            message: format!("`test` takes no arguments, got {:?}\n\n{USAGE}", &args[1..]),
+            code: 2,
+        }),
+        Some(other) => Err(Failure {
+            message: format!("unknown command `{other}`\n\n{USAGE}"),
+            code: 2,
+        }),
+        None => Err(Failure {
+            message: format!("no command given\n\n{USAGE}"),
+            code: 2,
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("xtask: error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// The workspace root: the parent of this package's directory.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// The cargo to run: the one that runs xtask if known, else `cargo` on PATH.
+fn cargo() -> OsString {
+    env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// Runs `steps` in order from the workspace root, stopping at the first one
+/// that fails.
+fn run_steps(steps: &[Step]) -> Result<(), Failure> {
+    let root = workspace_root();
+    for (number, step) in steps.iter().enumerate() {
+        let shown = format!("{} {}", step.program, step.args.join(" "));
+        println!(
+            "\n==> [{}/{}] {}: {shown}",
+            number + 1,
+            steps.len(),
+            step.name
+        );
+        let program = if step.program == "cargo" {
+            cargo()
+        } else {
+            step.program.into()
+        };
+        let status = Command::new(&program)
+            .args(step.args)
+            .current_dir(&root)
+            .status()
+            .map_err(|err| Failure::new(format!("could not run `{shown}`: {err}")))?;
+        if !status.success() {
+            return Err(Failure::new(format!(
+                "step {} of {} ({}) failed with {status}: `{shown}`",
+                number + 1,
+                steps.len(),
+                step.name
+            )));
+        }
+    }
+    println!("\nxtask: all {} steps passed", steps.len());
+    Ok(())
+}
+
+/// Makes sure the Debian `packages` are installed, judging by the binary each
+/// one provides ([`PACKAGE_BINARIES`], or the package's own name).
+///
+/// For each package whose binary is not on PATH: when running as root, runs
+/// `apt-get update` (once) and `apt-get install -y PACKAGE`; otherwise fails
+/// with a message naming the package to install.
+#[allow(dead_code)] // Not used yet: the runtime step (etcd) will call it.
+fn ensure_debian_packages(packages: &[&str]) -> Result<(), Failure> {
+    let mut updated = false;
+    for &package in packages {
+        let binary = PACKAGE_BINARIES
+            .iter()
+            .find(|(name, _)| *name == package)
+            .map_or(package, |&(_, binary)| binary);
+        if find_on_path(binary).is_some() {
+            continue;
+        }
+        if !running_as_root() {
+            return Err(Failure::new(format!(
+                "`{binary}` not found on PATH: install the Debian package `{package}` \
+                 (e.g. `sudo apt-get install -y {package}`) and run again"
+            )));
+        }
+        if !updated {
+            run_apt(&["update"])?;
+            updated = true;
+        }
+        run_apt(&["install", "-y", package])?;
+        if find_on_path(binary).is_none() {
+            return Err(Failure::new(format!(
+                "installed the Debian package `{package}`, but `{binary}` is still not on PATH"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `apt-get ARGS` non-interactively, printing the command first.
+fn run_apt(args: &[&str]) -> Result<(), Failure> {
+    let shown = format!("apt-get {}", args.join(" "));
+    println!("\n==> {shown}");
+    let status = Command::new("apt-get")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .map_err(|err| Failure::new(format!("could not run `{shown}`: {err}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Failure::new(format!("`{shown}` failed with {status}")))
+    }
+}
+
+/// The path of the executable `binary` in a directory of PATH, if any.
+fn find_on_path(binary: &str) -> Option<PathBuf> {
+    let path = env::var_os("PATH")?;
+    env::split_paths(&path)
+        .map(|dir| dir.join(binary))
+        .find(|candidate| is_executable(candidate))
+}
+
+#[cfg(unix)]
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(not(unix))]
+fn is_executable(path: &Path) -> bool {
+    path.is_file()
+}
+
+/// Whether this process runs as root (effective user id 0), asked of `id -u`.
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .is_some_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
+}
