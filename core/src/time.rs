@@ -12,7 +12,9 @@ use std::time::Duration;
 /// The production runtime uses the Unix epoch as origin so that failure
 /// timestamps written to the store by different nodes are comparable; the
 /// simulators use zero at the start of the run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Instant(Duration);
 
 impl Instant {

@@ -1,0 +1,36 @@
+//! Calling the application's task and carrying out its commands.
+
+use super::{Node, Role};
+use crate::task::{Command, Context, Task};
+use crate::Instant;
+
+impl Node {
+    /// Calls the task (if built), then carries out the commands it recorded.
+    pub(super) fn call(&mut self, now: Instant, f: impl FnOnce(&mut dyn Task, &mut Context)) {
+        if let Some(task) = self.task.as_mut() {
+            f(task.as_mut(), &mut self.ctx);
+        }
+        self.run_commands(now);
+    }
+
+    fn run_commands(&mut self, _now: Instant) {
+        let commands = std::mem::take(&mut self.ctx.commands);
+        for c in commands {
+            let primary = matches!(self.role, Role::Primary { .. });
+            match c {
+                Command::ExitJob(reason) => {
+                    self.retry_exit = Some(reason.clone());
+                    self.send_exit(reason);
+                }
+                _ if !primary => {
+                    tracing::warn!(node = %self.cfg.node, command = ?c, "command from a task that is not primary; ignored");
+                }
+                Command::FlagMeta(dir, meta) => self.flag_meta(dir, meta),
+                Command::Request(to, id, req) => self.start_request(to, id, req),
+                Command::Respond(sid, resp) => self.respond(sid, resp),
+                Command::AdvanceEpoch(from) => self.send_advance(from, false),
+                Command::Replicate(data) => self.replicate(data),
+            }
+        }
+    }
+}

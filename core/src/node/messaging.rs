@@ -1,0 +1,578 @@
+//! Connections, sending, and receiving messages: meta flags, data requests,
+//! replication (S3, S11–S17).
+
+use super::{Node, Peer, PendingRequest, Phase, Role, Serving};
+use crate::action::{Action, DropReason, Event};
+use crate::config::PROTOCOL_VERSION;
+use crate::task::{Link, ServeId};
+use crate::wire::{Body, Direction, Envelope, Reply, RequestId};
+use crate::{Incarnation, Instant, NodeId, TaskId};
+use bytes::Bytes;
+
+impl Node {
+    /// `nodes/{n}` appeared or changed: forget a connection to an older session.
+    pub(super) fn peer_up(&mut self, n: NodeId) {
+        let Some(entry) = self.view.nodes.get(&n) else {
+            return;
+        };
+        let session = entry.record.session;
+        if self.peers.get(&n).is_some_and(|p| p.session != session) {
+            self.peers.remove(&n);
+            self.actions.push_back(Action::Close { node: n });
+        }
+    }
+
+    /// `nodes/{n}` is gone: close the connection.
+    pub(super) fn peer_down(&mut self, n: NodeId) {
+        if self.peers.remove(&n).is_some() {
+            self.actions.push_back(Action::Close { node: n });
+        }
+    }
+
+    /// Whether a message to `n` can be sent now, opening a connection if needed.
+    fn sendable(&mut self, n: NodeId) -> bool {
+        if n == self.cfg.node {
+            return false;
+        }
+        let Some(entry) = self.view.nodes.get(&n) else {
+            return false;
+        };
+        let (session, addr) = (entry.record.session, entry.record.addr.clone());
+        match self.peers.get(&n) {
+            Some(p) if p.session == session => p.open,
+            _ => {
+                let next_seq = self.peers.get(&n).map_or(1, |p| p.next_seq);
+                self.peers.insert(
+                    n,
+                    Peer {
+                        session,
+                        open: true,
+                        retry_at: None,
+                        backoff: self.cfg.backoff,
+                        next_seq,
+                    },
+                );
+                self.actions.push_back(Action::Connect { node: n, addr });
+                true
+            }
+        }
+    }
+
+    /// Sends `body` from this node's primary task to `to_task` on node `to`.
+    fn send(
+        &mut self,
+        to: NodeId,
+        to_task: TaskId,
+        to_incarnation: Incarnation,
+        body: Body,
+    ) -> bool {
+        let Some((task, incarnation)) = self.primary_of() else {
+            return false;
+        };
+        if !self.sendable(to) {
+            return false;
+        }
+        let Some(peer) = self.peers.get_mut(&to) else {
+            return false;
+        };
+        let seq = peer.next_seq;
+        peer.next_seq += 1;
+        let msg = Envelope {
+            version: PROTOCOL_VERSION,
+            job: self.job_tag,
+            from_node: self.cfg.node,
+            from_session: self.session_id,
+            seq,
+            from_task: task,
+            incarnation,
+            epoch: self.primary.epoch.unwrap_or(self.view.epoch),
+            to_task,
+            to_incarnation,
+            body,
+        };
+        self.stats.messages_sent += 1;
+        self.actions.push_back(Action::Send { to, msg });
+        true
+    }
+
+    /// The connection to `n` broke: retry after a backoff, then resend.
+    pub(super) fn on_disconnect(&mut self, now: Instant, n: NodeId) {
+        let max = self.cfg.max_backoff;
+        if let Some(p) = self.peers.get_mut(&n) {
+            if p.open {
+                p.open = false;
+                p.retry_at = Some(now + p.backoff);
+                p.backoff = (p.backoff * 2).min(max);
+            }
+        }
+    }
+
+    /// Reopens connections whose backoff has passed and resends what the
+    /// peer should have (S12, S14, S17).
+    pub(super) fn retry_peers(&mut self, now: Instant) {
+        let due: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.retry_at.is_some_and(|r| now >= r))
+            .map(|(n, _)| *n)
+            .collect();
+        for n in due {
+            let current = self
+                .view
+                .nodes
+                .get(&n)
+                .map(|e| (e.record.session, e.record.addr.clone()));
+            match (current, self.peers.get_mut(&n)) {
+                (Some((session, addr)), Some(p)) if p.session == session => {
+                    p.retry_at = None;
+                    p.open = true;
+                    self.actions.push_back(Action::Connect { node: n, addr });
+                    self.resync_node(n);
+                }
+                _ => {
+                    self.peers.remove(&n);
+                }
+            }
+        }
+    }
+
+    /// Resends everything node `n` should have from this node.
+    fn resync_node(&mut self, n: NodeId) {
+        let Some((task, _)) = self.primary_of() else {
+            return;
+        };
+        let on_n: Vec<TaskId> = self
+            .view
+            .primaries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.filter(|e| e.record.node == n).map(|_| TaskId(i as u32)))
+            .collect();
+        for t in on_n {
+            self.resync_task(t);
+        }
+        let standby_there = self.view.standbys[task.index()]
+            .values()
+            .any(|e| e.record.node == n);
+        if standby_there {
+            self.send_replica_log(n);
+        }
+    }
+
+    /// Sends task `t`'s current primary this epoch's flags and every pending
+    /// request to it.
+    pub(super) fn resync_task(&mut self, t: TaskId) {
+        let Some(e) = self.view.primaries.get(t.index()).copied().flatten() else {
+            return;
+        };
+        let (node, inc) = (e.record.node, e.incarnation());
+        let dirs = [
+            (self.is_parent(t), Direction::ToParents),
+            (self.is_child(t), Direction::ToChildren),
+        ];
+        let flags = self.primary.flags.clone();
+        for (dir, flag, meta) in flags {
+            if dirs.iter().any(|(yes, d)| *yes && *d == dir) {
+                self.send(
+                    node,
+                    t,
+                    inc,
+                    Body::Meta {
+                        direction: dir,
+                        flag,
+                        meta,
+                    },
+                );
+            }
+        }
+        let ids: Vec<RequestId> = self
+            .primary
+            .pending
+            .iter()
+            .filter(|(_, p)| p.to == t)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.send_request(id);
+        }
+    }
+
+    /// Sends the whole replication log of this incarnation to `n`; the
+    /// standby skips what it already applied.
+    pub(super) fn send_replica_log(&mut self, n: NodeId) {
+        let Some((task, _)) = self.primary_of() else {
+            return;
+        };
+        let log = self.primary.replica_log.clone();
+        for (i, data) in log.into_iter().enumerate() {
+            if !self.send(
+                n,
+                task,
+                Incarnation(0),
+                Body::Replica {
+                    seq: i as u64 + 1,
+                    data,
+                },
+            ) {
+                return;
+            }
+        }
+    }
+
+    pub(super) fn flag_meta(&mut self, direction: Direction, meta: Bytes) {
+        let flag = u32::try_from(self.primary.flags.len()).unwrap_or(u32::MAX);
+        self.primary.flags.push((direction, flag, meta.clone()));
+        let targets = match direction {
+            Direction::ToParents => self.primary.parents.clone(),
+            Direction::ToChildren => self.primary.children.clone(),
+        };
+        for t in targets {
+            if let Some(e) = self.view.primaries.get(t.index()).copied().flatten() {
+                self.send(
+                    e.record.node,
+                    t,
+                    e.incarnation(),
+                    Body::Meta {
+                        direction,
+                        flag,
+                        meta: meta.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    pub(super) fn start_request(&mut self, to: TaskId, id: RequestId, req: Bytes) {
+        let mine = self.primary_of().map(|(t, _)| t);
+        if to.0 >= self.cfg.num_tasks || Some(to) == mine {
+            tracing::warn!(node = %self.cfg.node, %to, "request_data to an invalid task; dropped");
+            return;
+        }
+        self.primary.pending.insert(
+            id,
+            PendingRequest {
+                to,
+                req,
+                sent: None,
+            },
+        );
+        self.send_request(id);
+    }
+
+    /// Sends pending request `id` to the current primary of its target (S14).
+    fn send_request(&mut self, id: RequestId) {
+        let Some(p) = self.primary.pending.get(&id) else {
+            return;
+        };
+        let (to, req) = (p.to, p.req.clone());
+        let Some(e) = self.view.primaries.get(to.index()).copied().flatten() else {
+            return;
+        };
+        let sent = self.send(
+            e.record.node,
+            to,
+            e.incarnation(),
+            Body::Request { id, req },
+        );
+        if let Some(p) = self.primary.pending.get_mut(&id) {
+            p.sent = sent.then_some((e.record.node, e.incarnation()));
+        }
+    }
+
+    pub(super) fn respond(&mut self, sid: ServeId, resp: Bytes) {
+        let Some(s) = self.primary.serving.remove(&sid.0) else {
+            return;
+        };
+        let key = (s.from, s.from_incarnation, s.id);
+        self.primary.serving_index.remove(&key);
+        self.primary.reply_cache.insert(key, resp.clone());
+        self.send(
+            s.reply_to,
+            s.from,
+            s.from_incarnation,
+            Body::Response {
+                id: s.id,
+                result: Reply::Data(resp),
+            },
+        );
+    }
+
+    pub(super) fn replicate(&mut self, data: Bytes) {
+        let Some((task, _)) = self.primary_of() else {
+            return;
+        };
+        self.primary.replica_log.push(data.clone());
+        let seq = self.primary.replica_log.len() as u64;
+        let standbys: Vec<NodeId> = self.view.standbys[task.index()]
+            .values()
+            .map(|e| e.record.node)
+            .collect();
+        for n in standbys {
+            self.send(
+                n,
+                task,
+                Incarnation(0),
+                Body::Replica {
+                    seq,
+                    data: data.clone(),
+                },
+            );
+        }
+    }
+
+    fn drop_msg(&mut self, from: NodeId, reason: DropReason) {
+        self.stats.messages_dropped += 1;
+        self.emit(Event::MessageDropped { from, reason });
+    }
+
+    /// A message arrived: check its job, order and fencing, then dispatch.
+    pub(super) fn on_message(&mut self, now: Instant, from: NodeId, msg: Envelope) {
+        if self.phase != Phase::Running {
+            return self.drop_msg(from, DropReason::NotForMe);
+        }
+        if msg.version != PROTOCOL_VERSION || msg.job != self.job_tag {
+            tracing::warn!(node = %self.cfg.node, %from, "message from another job or protocol version; dropped");
+            return self.drop_msg(from, DropReason::ForeignJob);
+        }
+        if msg.from_task.0 >= self.cfg.num_tasks || msg.to_task.0 >= self.cfg.num_tasks {
+            tracing::warn!(node = %self.cfg.node, %from, "message names a task out of range; dropped");
+            return self.drop_msg(from, DropReason::NotForMe);
+        }
+        let last = self
+            .inbound_seq
+            .entry((msg.from_node, msg.from_session))
+            .or_insert(0);
+        if msg.seq <= *last {
+            return self.drop_msg(from, DropReason::OutOfOrder);
+        }
+        *last = msg.seq;
+        self.dispatch(now, from, msg);
+    }
+
+    /// Routes an accepted message to the role it is for; holds it if this
+    /// node is about to hold that role or reach that epoch.
+    fn dispatch(&mut self, now: Instant, from: NodeId, msg: Envelope) {
+        let highest = &mut self.highest[msg.from_task.index()];
+        if msg.incarnation < *highest {
+            return self.drop_msg(from, DropReason::Fenced);
+        }
+        *highest = msg.incarnation;
+        let to = msg.to_task;
+        if let Body::Replica { seq, data } = msg.body {
+            return match self.role {
+                Role::Standby { task, .. } if task == to && msg.from_task == to => {
+                    self.apply_replica(now, msg.incarnation, seq, data)
+                }
+                Role::Spare if self.claiming(to) => {
+                    let body = Body::Replica { seq, data };
+                    self.hold(from, Envelope { body, ..msg })
+                }
+                _ => self.drop_msg(from, DropReason::NotForMe),
+            };
+        }
+        let (task, inc) = match self.role {
+            Role::Primary { task, incarnation } if task == to => (task, incarnation),
+            Role::Standby { task, .. } if task == to => return self.hold(from, msg),
+            Role::Spare if self.claiming(to) => return self.hold(from, msg),
+            _ => return self.drop_msg(from, DropReason::NotForMe),
+        };
+        if msg.to_incarnation != inc {
+            // Meant for an earlier primary of this task; the sender resends
+            // when it learns of this incarnation.
+            return self.drop_msg(from, DropReason::NotForMe);
+        }
+        let epoch = self.primary.epoch.unwrap_or(self.view.epoch);
+        if msg.epoch > epoch {
+            return self.hold(from, msg);
+        }
+        if msg.epoch < epoch {
+            if let Body::Request { id, .. } = msg.body {
+                // S15: a server ahead answers EpochMismatch.
+                self.send(
+                    from,
+                    msg.from_task,
+                    msg.incarnation,
+                    Body::Response {
+                        id,
+                        result: Reply::EpochMismatch {
+                            server_epoch: epoch,
+                        },
+                    },
+                );
+            }
+            return self.drop_msg(from, DropReason::StaleEpoch);
+        }
+        match msg.body {
+            Body::Meta {
+                direction,
+                flag,
+                meta,
+            } => {
+                let ok = match direction {
+                    Direction::ToParents => self.is_child(msg.from_task),
+                    Direction::ToChildren => self.is_parent(msg.from_task),
+                };
+                if !ok {
+                    tracing::warn!(node = %self.cfg.node, from = %msg.from_task, "meta flag from a task that is not a neighbour; dropped");
+                    return self.drop_msg(from, DropReason::NotNeighbour);
+                }
+                if !self
+                    .primary
+                    .delivered_meta
+                    .insert((msg.from_task, msg.incarnation, flag))
+                {
+                    return;
+                }
+                self.emit(Event::MetaDelivered {
+                    task,
+                    incarnation: inc,
+                    from: msg.from_task,
+                    from_incarnation: msg.incarnation,
+                    epoch,
+                    flag,
+                    direction,
+                    sender: (msg.from_node, msg.from_session, msg.seq),
+                });
+                let f = msg.from_task;
+                match direction {
+                    Direction::ToParents => {
+                        self.call(now, |t, ctx| t.child_meta_ready(ctx, f, meta))
+                    }
+                    Direction::ToChildren => {
+                        self.call(now, |t, ctx| t.parent_meta_ready(ctx, f, meta))
+                    }
+                }
+            }
+            Body::Request { id, req } => {
+                let key = (msg.from_task, msg.incarnation, id);
+                if let Some(resp) = self.primary.reply_cache.get(&key).cloned() {
+                    self.send(
+                        from,
+                        msg.from_task,
+                        msg.incarnation,
+                        Body::Response {
+                            id,
+                            result: Reply::Data(resp),
+                        },
+                    );
+                    return;
+                }
+                if self.primary.serving_index.contains_key(&key) {
+                    // Being served; the answer goes to the latest sender node.
+                    if let Some(sid) = self.primary.serving_index.get(&key).copied() {
+                        if let Some(s) = self.primary.serving.get_mut(&sid) {
+                            s.reply_to = from;
+                        }
+                    }
+                    return;
+                }
+                let sid = self.primary.next_serve;
+                self.primary.next_serve += 1;
+                self.primary.serving_index.insert(key, sid);
+                self.primary.serving.insert(
+                    sid,
+                    Serving {
+                        from: msg.from_task,
+                        from_incarnation: msg.incarnation,
+                        id,
+                        reply_to: from,
+                    },
+                );
+                let link = if self.is_parent(msg.from_task) {
+                    Link::Parent
+                } else if self.is_child(msg.from_task) {
+                    Link::Child
+                } else {
+                    Link::Other
+                };
+                self.emit(Event::Served {
+                    task,
+                    incarnation: inc,
+                    from: msg.from_task,
+                    from_incarnation: msg.incarnation,
+                    id,
+                    epoch,
+                });
+                let f = msg.from_task;
+                self.call(now, |t, ctx| t.serve(ctx, f, link, ServeId(sid), req));
+            }
+            Body::Response { id, result } => {
+                let matches = self
+                    .primary
+                    .pending
+                    .get(&id)
+                    .is_some_and(|p| p.to == msg.from_task);
+                if !matches {
+                    return; // answered already, or abandoned
+                }
+                let Some(p) = self.primary.pending.remove(&id) else {
+                    return;
+                };
+                match result {
+                    Reply::Data(resp) => {
+                        self.emit(Event::DataDelivered {
+                            task,
+                            incarnation: inc,
+                            from: msg.from_task,
+                            from_incarnation: msg.incarnation,
+                            id,
+                            epoch,
+                        });
+                        let f = msg.from_task;
+                        self.call(now, |t, ctx| t.data_ready(ctx, f, id, p.req, resp));
+                    }
+                    Reply::EpochMismatch { .. } => {}
+                }
+            }
+            Body::Replica { .. } => {}
+        }
+    }
+
+    fn apply_replica(
+        &mut self,
+        now: Instant,
+        from_incarnation: Incarnation,
+        seq: u64,
+        data: Bytes,
+    ) {
+        let (inc, applied) = self.standby.applied;
+        if from_incarnation > inc {
+            self.standby.applied = (from_incarnation, 0);
+        } else if from_incarnation < inc {
+            return self.drop_msg(NodeId(0), crate::action::DropReason::Fenced);
+        }
+        let applied = if from_incarnation > inc { 0 } else { applied };
+        if seq != applied + 1 {
+            return;
+        }
+        self.standby.applied.1 = seq;
+        let Role::Standby { task, .. } = self.role else {
+            return;
+        };
+        self.emit(Event::ReplicaApplied {
+            task,
+            from_incarnation,
+            seq,
+        });
+        self.call(now, |t, ctx| t.replica_update(ctx, data));
+    }
+
+    fn hold(&mut self, from: NodeId, msg: Envelope) {
+        if self.held.len() >= self.cfg.max_held_messages {
+            tracing::warn!(node = %self.cfg.node, "too many held messages; dropping one");
+            return self.drop_msg(from, DropReason::HoldFull);
+        }
+        self.held.push_back((from, msg));
+    }
+
+    /// Re-dispatches held messages after a change of role or epoch.
+    pub(super) fn release_held(&mut self, now: Instant) {
+        let held = std::mem::take(&mut self.held);
+        for (from, msg) in held {
+            if self.phase != Phase::Running {
+                return;
+            }
+            self.dispatch(now, from, msg);
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! What an application writes: a [`Task`] per task id, made by a
+//! [`TaskBuilder`], acting through a [`Context`].
+
+use crate::wire::RequestId;
+use crate::{Epoch, NodeId, TaskId};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// How the requester of a data request is related to the server's task in
+/// the current epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Link {
+    /// The requester is a parent of the server's task.
+    Parent,
+    /// The requester is a child of the server's task.
+    Child,
+    /// The requester is neither (requests may go to any task).
+    Other,
+}
+
+/// Names one request being served, for [`Context::respond`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServeId(pub(crate) u64);
+
+/// Why a job ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ExitReason {
+    /// A task called [`Context::exit_job`] with this reason.
+    Completed(String),
+    /// A task failed more than `max_failures` times within the failure window (S7).
+    TooManyFailures {
+        /// The task.
+        task: TaskId,
+        /// Failures counted within the window.
+        failures: u32,
+        /// The window, in milliseconds.
+        window_ms: u64,
+    },
+}
+
+impl ExitReason {
+    /// Whether the job ended because the application said so (not by error).
+    pub fn is_completed(&self) -> bool {
+        matches!(self, ExitReason::Completed(_))
+    }
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitReason::Completed(r) => write!(f, "completed: {r}"),
+            ExitReason::TooManyFailures { task, failures, window_ms } => write!(
+                f,
+                "task {task} failed {failures} times within {window_ms} ms, more than the restart limit allows"
+            ),
+        }
+    }
+}
+
+/// The application's side of one task. The node calls these methods, never
+/// two at once (S16), always with a [`Context`] to act through. Every method
+/// but [`Task::serve`] defaults to doing nothing.
+///
+/// A task is built on a node when the node becomes its primary or one of its
+/// standbys. Events about neighbours, epochs, meta and data go to the
+/// primary only; a standby gets [`Task::became_standby`] and
+/// [`Task::replica_update`] until it is promoted.
+pub trait Task: Send {
+    /// The task was built on this node, as primary or as standby
+    /// (`ctx.is_primary()` tells which). A primary then gets
+    /// [`Task::epoch_changed`] with the current epoch.
+    fn init(&mut self, ctx: &mut Context) {
+        let _ = ctx;
+    }
+    /// The job moved to `epoch` (S10). Delivered once per epoch in increasing
+    /// order; meta and data of older epochs are no longer delivered (S11).
+    fn epoch_changed(&mut self, ctx: &mut Context, epoch: Epoch) {
+        let _ = (ctx, epoch);
+    }
+    /// The primary of parent task `parent` died (S4). Not emitted for a death
+    /// that happened before this node became primary.
+    fn parent_died(&mut self, ctx: &mut Context, parent: TaskId) {
+        let _ = (ctx, parent);
+    }
+    /// The primary of child task `child` died (S4).
+    fn child_died(&mut self, ctx: &mut Context, child: TaskId) {
+        let _ = (ctx, child);
+    }
+    /// Parent task `parent` has a new primary (S5); always after the matching
+    /// [`Task::parent_died`]. Not emitted for a parent whose death this node
+    /// did not see.
+    fn parent_restarted(&mut self, ctx: &mut Context, parent: TaskId) {
+        let _ = (ctx, parent);
+    }
+    /// Child task `child` has a new primary (S5); always after the matching
+    /// [`Task::child_died`].
+    fn child_restarted(&mut self, ctx: &mut Context, child: TaskId) {
+        let _ = (ctx, child);
+    }
+    /// A parent flagged meta to its children in the current epoch (S12).
+    fn parent_meta_ready(&mut self, ctx: &mut Context, parent: TaskId, meta: Bytes) {
+        let _ = (ctx, parent, meta);
+    }
+    /// A child flagged meta to its parents in the current epoch (S12).
+    fn child_meta_ready(&mut self, ctx: &mut Context, child: TaskId, meta: Bytes) {
+        let _ = (ctx, child, meta);
+    }
+    /// Task `from` asked this task for data (S13). Answer with
+    /// [`Context::respond`], now or later in the same epoch. The default
+    /// answers every request with an empty payload.
+    fn serve(&mut self, ctx: &mut Context, from: TaskId, link: Link, id: ServeId, req: Bytes) {
+        let _ = (from, link, req);
+        ctx.respond(id, Bytes::new());
+    }
+    /// The answer to [`Context::request_data`] `id` sent to `from` (S13),
+    /// delivered once.
+    fn data_ready(
+        &mut self,
+        ctx: &mut Context,
+        from: TaskId,
+        id: RequestId,
+        req: Bytes,
+        resp: Bytes,
+    ) {
+        let _ = (ctx, from, id, req, resp);
+    }
+    /// This standby was promoted to primary (S5, S17). [`Task::epoch_changed`]
+    /// with the current epoch follows.
+    fn became_primary(&mut self, ctx: &mut Context) {
+        let _ = ctx;
+    }
+    /// This node holds the task as a standby (S17), after [`Task::init`].
+    fn became_standby(&mut self, ctx: &mut Context) {
+        let _ = ctx;
+    }
+    /// The primary replicated `update` (S17); delivered in order.
+    fn replica_update(&mut self, ctx: &mut Context, update: Bytes) {
+        let _ = (ctx, update);
+    }
+    /// [`Context::advance_epoch`] from `epoch` did nothing: the job had
+    /// already moved on (S9).
+    fn advance_epoch_rejected(&mut self, ctx: &mut Context, epoch: Epoch) {
+        let _ = (ctx, epoch);
+    }
+    /// The job ended (S18): the last call, to save work. Commands issued here
+    /// are ignored.
+    fn exit(&mut self, ctx: &mut Context, reason: &ExitReason) {
+        let _ = (ctx, reason);
+    }
+}
+
+/// Makes the [`Task`] for a task id; called once per node each time the node
+/// takes a task.
+pub trait TaskBuilder: Send {
+    /// The task object for `task`.
+    fn build(&mut self, task: TaskId) -> Box<dyn Task>;
+}
+
+impl<F> TaskBuilder for F
+where
+    F: FnMut(TaskId) -> Box<dyn Task> + Send,
+{
+    fn build(&mut self, task: TaskId) -> Box<dyn Task> {
+        self(task)
+    }
+}
+
+/// A command recorded by a [`Context`], carried out by the node after the
+/// callback returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Command {
+    FlagMeta(crate::wire::Direction, Bytes),
+    Request(TaskId, RequestId, Bytes),
+    Respond(ServeId, Bytes),
+    AdvanceEpoch(Epoch),
+    ExitJob(String),
+    Replicate(Bytes),
+}
+
+/// A task's handle on the framework. It only records commands; the node
+/// carries them out when the callback returns, in the order given.
+#[derive(Debug)]
+pub struct Context {
+    pub(crate) node: NodeId,
+    pub(crate) task: TaskId,
+    pub(crate) epoch: Epoch,
+    pub(crate) primary: bool,
+    pub(crate) parents: Vec<TaskId>,
+    pub(crate) children: Vec<TaskId>,
+    pub(crate) next_request: u64,
+    pub(crate) commands: Vec<Command>,
+}
+
+impl Context {
+    pub(crate) fn new(node: NodeId, task: TaskId) -> Self {
+        Context {
+            node,
+            task,
+            epoch: Epoch(0),
+            primary: false,
+            parents: Vec::new(),
+            children: Vec::new(),
+            next_request: 0,
+            commands: Vec::new(),
+        }
+    }
+
+    /// This task's id.
+    pub fn task(&self) -> TaskId {
+        self.task
+    }
+    /// The node running this task.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+    /// The epoch this task is in.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+    /// Whether this node is the task's primary (else a standby).
+    pub fn is_primary(&self) -> bool {
+        self.primary
+    }
+    /// Parents of this task in the current epoch.
+    pub fn parents(&self) -> &[TaskId] {
+        &self.parents
+    }
+    /// Children of this task in the current epoch.
+    pub fn children(&self) -> &[TaskId] {
+        &self.children
+    }
+
+    /// Delivers `meta` to every parent's primary as `child_meta_ready`, once
+    /// per receiver incarnation, in this epoch (S12).
+    pub fn flag_meta_to_parents(&mut self, meta: impl Into<Bytes>) {
+        self.commands.push(Command::FlagMeta(
+            crate::wire::Direction::ToParents,
+            meta.into(),
+        ));
+    }
+    /// Delivers `meta` to every child's primary as `parent_meta_ready` (S12).
+    pub fn flag_meta_to_children(&mut self, meta: impl Into<Bytes>) {
+        self.commands.push(Command::FlagMeta(
+            crate::wire::Direction::ToChildren,
+            meta.into(),
+        ));
+    }
+    /// Asks task `to` for data (S13); the answer arrives once as
+    /// [`Task::data_ready`] with the returned id, unless the epoch changes
+    /// first (S11).
+    pub fn request_data(&mut self, to: TaskId, req: impl Into<Bytes>) -> RequestId {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        self.commands.push(Command::Request(to, id, req.into()));
+        id
+    }
+    /// Answers the request `id` given to [`Task::serve`]. A second answer to
+    /// the same request is ignored.
+    pub fn respond(&mut self, id: ServeId, resp: impl Into<Bytes>) {
+        self.commands.push(Command::Respond(id, resp.into()));
+    }
+    /// Moves the job from the current epoch E to E+1 if it is still at E (S9);
+    /// otherwise [`Task::advance_epoch_rejected`] is called.
+    pub fn advance_epoch(&mut self) {
+        self.commands.push(Command::AdvanceEpoch(self.epoch));
+    }
+    /// Ends the whole job (S18).
+    pub fn exit_job(&mut self, reason: impl Into<String>) {
+        self.commands.push(Command::ExitJob(reason.into()));
+    }
+    /// Sends `update` to every standby of this task, in order (S17).
+    pub fn replicate(&mut self, update: impl Into<Bytes>) {
+        self.commands.push(Command::Replicate(update.into()));
+    }
+}
