@@ -51,7 +51,8 @@ pub trait ConformanceStore {
 
     /// Compact the store's history up to `rev` (etcd's `Compact`). On a
     /// shared store this may fail with [`StoreError::Compacted`] when someone
-    /// else already compacted further.
+    /// else already compacted further. (etcd's compaction error does not
+    /// carry the compaction revision, so the checks do not look at it.)
     fn compact(&mut self, rev: Revision) -> Result<(), StoreError>;
 }
 
@@ -515,7 +516,7 @@ impl<'a> Ctx<'a> {
     }
 }
 
-fn put_event(events: &[WatchEvent], i: usize) -> &WatchEvent {
+fn event_at(events: &[WatchEvent], i: usize) -> &WatchEvent {
     events
         .get(i)
         .unwrap_or_else(|| panic!("no event #{i} in {events:?}"))
@@ -1380,7 +1381,7 @@ pub fn lease_revoke_deletes_keys(s: &mut dyn ConformanceStore) {
     }
     let events = c.events(watch, 3);
     for (i, name) in ["w/a", "w/b", "w/c"].iter().enumerate() {
-        let event = put_event(&events, i);
+        let event = event_at(&events, i);
         ensure!(
             c,
             is_delete_of(event, &c.key(name), revision),
@@ -1556,7 +1557,7 @@ pub fn watch_from_now(s: &mut dyn ConformanceStore) {
     let r3 = c.put("w/before", "v2", 0);
 
     let events = c.events(watch, 3);
-    let first = put_event(&events, 0);
+    let first = event_at(&events, 0);
     ensure_eq!(
         c,
         first.kind,
@@ -1570,13 +1571,13 @@ pub fn watch_from_now(s: &mut dyn ConformanceStore) {
         "first event: the put of w/a as get returns it"
     );
     ensure_eq!(c, kv.mod_revision, r1, "put revision");
-    let second = put_event(&events, 1);
+    let second = event_at(&events, 1);
     ensure!(
         c,
         is_delete_of(second, &c.key("w/a"), r2),
         "second event {second:?}: the delete of w/a at {r2}"
     );
-    let third = put_event(&events, 2);
+    let third = event_at(&events, 2);
     ensure_eq!(
         c,
         (third.kind, third.kv.mod_revision, third.kv.version),
@@ -1614,7 +1615,7 @@ pub fn watch_replays_history(s: &mut dyn ConformanceStore) {
         (WatchEventKind::Put, "w/d", r5, r5, 1, "5"),
     ];
     for (i, (kind, name, create, rev, version, value)) in expected.into_iter().enumerate() {
-        let event = put_event(&events, i);
+        let event = event_at(&events, i);
         let kv = KeyValue {
             key: c.key(name),
             value: bytes(value),
@@ -1644,7 +1645,7 @@ pub fn watch_replays_history(s: &mut dyn ConformanceStore) {
     let r6 = c.put("w/e", "6", 0);
     for watch in [from_r1, from_r3] {
         let events = c.events(watch, 1);
-        let event = put_event(&events, 0);
+        let event = event_at(&events, 0);
         ensure_eq!(c, event.kv.mod_revision, r6, "live event after the replay");
         c.cancel(watch)
             .unwrap_or_else(|e| panic!("[{}] cancel failed: {e}", c.check));
@@ -1664,7 +1665,7 @@ pub fn watch_sees_lease_expiry(s: &mut dyn ConformanceStore) {
     ensure_eq!(c, revisions, vec![rb, ra], "put events");
     c.s.advance(Duration::from_secs(SHORT_TTL.unsigned_abs()) + EXPIRY_SLACK);
     let events = c.events(watch, 2);
-    let first = put_event(&events, 0);
+    let first = event_at(&events, 0);
     let revision = first.kv.mod_revision;
     ensure!(
         c,
@@ -1672,7 +1673,7 @@ pub fn watch_sees_lease_expiry(s: &mut dyn ConformanceStore) {
         "expiry at revision {revision}, not after the puts ({ra})"
     );
     for (i, name) in ["w/a", "w/b"].iter().enumerate() {
-        let event = put_event(&events, i);
+        let event = event_at(&events, i);
         ensure!(
             c,
             is_delete_of(event, &c.key(name), revision),
@@ -1735,7 +1736,7 @@ pub fn watch_cancel(s: &mut dyn ConformanceStore) {
         let events = c.events(watch, 1);
         ensure_eq!(
             c,
-            put_event(&events, 0).kv.mod_revision,
+            event_at(&events, 0).kv.mod_revision,
             r1,
             "event before the cancel"
         );
@@ -1746,7 +1747,7 @@ pub fn watch_cancel(s: &mut dyn ConformanceStore) {
     let events = c.events(kept, 1);
     ensure_eq!(
         c,
-        put_event(&events, 0).kv.mod_revision,
+        event_at(&events, 0).kv.mod_revision,
         r2,
         "event of the watch not canceled"
     );
@@ -1781,7 +1782,8 @@ pub fn compaction_cancels_old_watch(s: &mut dyn ConformanceStore) {
     let r2 = c.put("w/k", "2", 0);
     match c.s.compact(r2) {
         Ok(()) => {}
-        Err(StoreError::Compacted { compact_revision }) if compact_revision >= r2 => {}
+        // Someone else compacted further (etcd's error does not say how far).
+        Err(StoreError::Compacted { .. }) => {}
         Err(e) => panic!("[{}] compact at {r2} failed: {e:?}", c.check),
     }
     let old = c.watch("w/", r1);
@@ -1809,7 +1811,7 @@ pub fn compaction_cancels_old_watch(s: &mut dyn ConformanceStore) {
     let again = c.s.compact(r1);
     ensure!(
         c,
-        matches!(again, Err(StoreError::Compacted { compact_revision }) if compact_revision >= r2),
+        matches!(again, Err(StoreError::Compacted { .. })),
         "compaction below the last one answered {again:?}"
     );
     let future = c.s.compact(r2 + 1_000_000_000);
@@ -1822,7 +1824,7 @@ pub fn compaction_cancels_old_watch(s: &mut dyn ConformanceStore) {
     let live = c.watch("w/", 0);
     let r3 = c.put("w/k", "3", 0);
     let events = c.events(live, 1);
-    let event = put_event(&events, 0);
+    let event = event_at(&events, 0);
     ensure_eq!(
         c,
         (event.kv.mod_revision, event.kv.version),
