@@ -15,6 +15,7 @@ pub mod config;
 pub mod keys;
 mod node;
 pub mod task;
+pub mod testkit;
 pub mod wire;
 
 pub use action::{Action, DropReason, Event, OpId, StepDownReason};

@@ -353,7 +353,7 @@ impl Node {
     /// node is about to hold that role or reach that epoch.
     fn dispatch(&mut self, now: Instant, from: NodeId, msg: Envelope) {
         let highest = &mut self.highest[msg.from_task.index()];
-        if msg.incarnation < *highest {
+        if msg.incarnation < *highest || msg.incarnation <= self.dead_upto[msg.from_task.index()] {
             return self.drop_msg(from, DropReason::Fenced);
         }
         *highest = msg.incarnation;

@@ -213,6 +213,8 @@ pub struct Node {
     peers: BTreeMap<NodeId, Peer>,
     inbound_seq: BTreeMap<(NodeId, SessionId), u64>,
     highest: Vec<Incarnation>,
+    /// Per task, the highest incarnation seen to die: its messages are fenced.
+    dead_upto: Vec<Incarnation>,
     held: VecDeque<(NodeId, Envelope)>,
 
     exit: Option<ExitReason>,
@@ -302,6 +304,7 @@ impl Node {
             peers: BTreeMap::new(),
             inbound_seq: BTreeMap::new(),
             highest: vec![Incarnation(0); cfg.num_tasks as usize],
+            dead_upto: vec![Incarnation(0); cfg.num_tasks as usize],
             held: VecDeque::new(),
             exit: None,
             stats: NodeStats::default(),

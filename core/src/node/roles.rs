@@ -59,6 +59,9 @@ impl Node {
                 }
             }
             Change::PrimaryDown(t, e) => {
+                if e.incarnation() > self.dead_upto[t.index()] {
+                    self.dead_upto[t.index()] = e.incarnation();
+                }
                 if self.is_me(&e) {
                     // Only the lease's end deletes a primary key.
                     self.lose_session(now, StepDownReason::LeaseLost);

@@ -394,7 +394,12 @@ impl Node {
         if self.phase != Phase::Running || Some(resp.watch) != self.watch {
             return;
         }
-        self.apply_events(now, resp.events);
+        // Events at or below the view's revision were seen already (a watch
+        // re-created from an older revision); one revision is never split
+        // across responses.
+        let base = self.view.revision;
+        let events = resp.events.into_iter().filter(|e| e.kv.mod_revision > base).collect();
+        self.apply_events(now, events);
         if resp.canceled {
             self.watch = None;
             if resp.compact_revision.is_some() {
@@ -412,12 +417,6 @@ impl Node {
         for ev in events {
             if self.phase != Phase::Running {
                 return;
-            }
-            if ev.kv.mod_revision <= self.view.revision
-                && ev.kind == WatchEventKind::Put
-                && self.view.mod_revisions.get(&ev.kv.key) == Some(&ev.kv.mod_revision)
-            {
-                continue;
             }
             let change = self.view.apply(&self.keys, &ev);
             self.on_change(now, change);
