@@ -398,7 +398,11 @@ impl Node {
         // re-created from an older revision); one revision is never split
         // across responses.
         let base = self.view.revision;
-        let events = resp.events.into_iter().filter(|e| e.kv.mod_revision > base).collect();
+        let events = resp
+            .events
+            .into_iter()
+            .filter(|e| e.kv.mod_revision > base)
+            .collect();
         self.apply_events(now, events);
         if resp.canceled {
             self.watch = None;

@@ -145,7 +145,14 @@ impl Checker {
     }
 
     /// S3: a message may only be sent by the store's current primary of its task.
-    pub fn on_send(&mut self, now: Instant, node: NodeId, _session: Option<SessionId>, msg: &Envelope, store: &MemStore) {
+    pub fn on_send(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        _session: Option<SessionId>,
+        msg: &Envelope,
+        store: &MemStore,
+    ) {
         let actual = self.store_primary(store, msg.from_task);
         if actual != Some((msg.incarnation, node)) {
             self.violation(
@@ -161,8 +168,12 @@ impl Checker {
     /// The harness's own watch on the job's keys.
     pub fn on_store_events(&mut self, now: Instant, events: &[WatchEvent]) {
         for ev in events {
-            let Some(Key::Primary(t)) = self.keys.parse(&ev.kv.key) else { continue };
-            let Some(list) = self.store_primaries.get_mut(t.index()) else { continue };
+            let Some(Key::Primary(t)) = self.keys.parse(&ev.kv.key) else {
+                continue;
+            };
+            let Some(list) = self.store_primaries.get_mut(t.index()) else {
+                continue;
+            };
             match ev.kind {
                 WatchEventKind::Put => list.push(StorePrimary {
                     incarnation: Incarnation(ev.kv.create_revision),
@@ -191,7 +202,14 @@ impl Checker {
         }
     }
 
-    fn fence(&mut self, now: Instant, key: (NodeId, SessionId), what: &str, from: TaskId, inc: Incarnation) {
+    fn fence(
+        &mut self,
+        now: Instant,
+        key: (NodeId, SessionId),
+        what: &str,
+        from: TaskId,
+        inc: Incarnation,
+    ) {
         let s = self.sessions.entry(key).or_default();
         match s.floor.get(&from).copied() {
             Some((f, dead)) if inc < f || (dead && inc == f) => {
@@ -211,17 +229,40 @@ impl Checker {
     }
 
     fn current_epoch(&mut self, key: (NodeId, SessionId), task: TaskId) -> Option<Epoch> {
-        self.sessions.entry(key).or_default().epoch.get(&task).copied()
+        self.sessions
+            .entry(key)
+            .or_default()
+            .epoch
+            .get(&task)
+            .copied()
     }
 
     /// Checks one event reported by `node` in session `session`.
-    pub fn on_event(&mut self, now: Instant, node: NodeId, session: SessionId, ev: &Event, store: &MemStore) {
+    pub fn on_event(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        session: SessionId,
+        ev: &Event,
+        store: &MemStore,
+    ) {
         let key = (node, session);
         match ev {
-            Event::BecamePrimary { task, incarnation, promoted } => {
-                let last = self.last_incarnation.get(task.index()).copied().unwrap_or_default();
+            Event::BecamePrimary {
+                task,
+                incarnation,
+                promoted,
+            } => {
+                let last = self
+                    .last_incarnation
+                    .get(task.index())
+                    .copied()
+                    .unwrap_or_default();
                 if *incarnation <= last {
-                    self.violation(now, format!("S3: {task} incarnation {incarnation} not above {last}"));
+                    self.violation(
+                        now,
+                        format!("S3: {task} incarnation {incarnation} not above {last}"),
+                    );
                 }
                 if let Some(l) = self.last_incarnation.get_mut(task.index()) {
                     *l = *incarnation;
@@ -253,17 +294,28 @@ impl Checker {
                 let s = self.sessions.entry(key).or_default();
                 if let Some(prev) = s.epoch.get(task) {
                     if epoch <= prev {
-                        let m = format!("S10: {node} delivered epoch {epoch} to {task} after {prev}");
+                        let m =
+                            format!("S10: {node} delivered epoch {epoch} to {task} after {prev}");
                         push_violation(&mut self.violations, now, m);
                     }
                 }
                 s.epoch.insert(*task, *epoch);
             }
-            Event::NeighbourDied { task, neighbour, incarnation, parent } => {
+            Event::NeighbourDied {
+                task,
+                neighbour,
+                incarnation,
+                parent,
+            } => {
                 self.delivered.died += 1;
                 self.check_link(now, *task, *neighbour, *parent);
                 if self.store_primary(store, *neighbour).map(|p| p.0) == Some(*incarnation) {
-                    self.violation(now, format!("S4: {node} told {neighbour} ({incarnation}) died but it is primary"));
+                    self.violation(
+                        now,
+                        format!(
+                            "S4: {node} told {neighbour} ({incarnation}) died but it is primary"
+                        ),
+                    );
                 }
                 let s = self.sessions.entry(key).or_default();
                 if let Some(d) = s.dead.insert((*task, *neighbour), *incarnation) {
@@ -280,7 +332,12 @@ impl Checker {
                     }
                 }
             }
-            Event::NeighbourRestarted { task, neighbour, incarnation, parent } => {
+            Event::NeighbourRestarted {
+                task,
+                neighbour,
+                incarnation,
+                parent,
+            } => {
                 self.delivered.restarted += 1;
                 self.check_link(now, *task, *neighbour, *parent);
                 let s = self.sessions.entry(key).or_default();
@@ -298,49 +355,102 @@ impl Checker {
                     }
                 }
             }
-            Event::MetaDelivered { task, incarnation, from, from_incarnation, epoch, flag, .. } => {
+            Event::MetaDelivered {
+                task,
+                incarnation,
+                from,
+                from_incarnation,
+                epoch,
+                flag,
+                ..
+            } => {
                 self.delivered.meta += 1;
                 self.fence(now, key, "meta", *from, *from_incarnation);
                 if self.current_epoch(key, *task) != Some(*epoch) {
-                    self.violation(now, format!("S11: {node} delivered meta of {epoch} outside it"));
+                    self.violation(
+                        now,
+                        format!("S11: {node} delivered meta of {epoch} outside it"),
+                    );
                 }
                 let s = self.sessions.entry(key).or_default();
-                if !s.meta.insert((*incarnation, *from, *from_incarnation, *epoch, *flag)) {
+                if !s
+                    .meta
+                    .insert((*incarnation, *from, *from_incarnation, *epoch, *flag))
+                {
                     let m = format!("S12: {node} delivered meta flag {flag} of {from} ({from_incarnation}) twice");
                     push_violation(&mut self.violations, now, m);
                 }
-                let last = s.meta_last.insert((*incarnation, *from, *from_incarnation, *epoch), *flag);
+                let last = s
+                    .meta_last
+                    .insert((*incarnation, *from, *from_incarnation, *epoch), *flag);
                 if last.is_some_and(|l| l >= *flag) {
-                    self.violation(now, format!("S16: {node} delivered flag {flag} of {from} after flag {last:?}"));
+                    self.violation(
+                        now,
+                        format!("S16: {node} delivered flag {flag} of {from} after flag {last:?}"),
+                    );
                 }
             }
-            Event::Served { task, incarnation, from, from_incarnation, id, epoch } => {
+            Event::Served {
+                task,
+                incarnation,
+                from,
+                from_incarnation,
+                id,
+                epoch,
+            } => {
                 self.delivered.served += 1;
                 self.fence(now, key, "a request", *from, *from_incarnation);
                 if self.current_epoch(key, *task) != Some(*epoch) {
-                    self.violation(now, format!("S11: {node} served a request of {epoch} outside it"));
+                    self.violation(
+                        now,
+                        format!("S11: {node} served a request of {epoch} outside it"),
+                    );
                 }
                 let s = self.sessions.entry(key).or_default();
-                if !s.served.insert((*incarnation, *from, *from_incarnation, *id)) {
-                    self.violation(now, format!("S14: {node} served request {id:?} of {from} twice"));
+                if !s
+                    .served
+                    .insert((*incarnation, *from, *from_incarnation, *id))
+                {
+                    self.violation(
+                        now,
+                        format!("S14: {node} served request {id:?} of {from} twice"),
+                    );
                 }
             }
-            Event::DataDelivered { task, incarnation, from, from_incarnation, id, epoch } => {
+            Event::DataDelivered {
+                task,
+                incarnation,
+                from,
+                from_incarnation,
+                id,
+                epoch,
+            } => {
                 self.delivered.data += 1;
                 self.fence(now, key, "a reply", *from, *from_incarnation);
                 if self.current_epoch(key, *task) != Some(*epoch) {
-                    self.violation(now, format!("S11: {node} delivered data of {epoch} outside it"));
+                    self.violation(
+                        now,
+                        format!("S11: {node} delivered data of {epoch} outside it"),
+                    );
                 }
                 let s = self.sessions.entry(key).or_default();
                 if !s.data.insert((*incarnation, *id)) {
-                    self.violation(now, format!("S13: {node} delivered the reply to {id:?} twice"));
+                    self.violation(
+                        now,
+                        format!("S13: {node} delivered the reply to {id:?} twice"),
+                    );
                 }
             }
-            Event::ReplicaApplied { task, from_incarnation, seq } => {
+            Event::ReplicaApplied {
+                task,
+                from_incarnation,
+                seq,
+            } => {
                 self.delivered.replica += 1;
                 let s = self.sessions.entry(key).or_default();
                 let (inc, last) = s.replica.get(task).copied().unwrap_or_default();
-                let ok = (*from_incarnation == inc && *seq == last + 1) || (*from_incarnation > inc && *seq == 1);
+                let ok = (*from_incarnation == inc && *seq == last + 1)
+                    || (*from_incarnation > inc && *seq == 1);
                 if !ok {
                     let m = format!("S17: {node} applied update {seq} of {from_incarnation} after {last} of {inc}");
                     push_violation(&mut self.violations, now, m);
@@ -360,7 +470,10 @@ impl Checker {
             self.topology.children(task, Epoch(0)).contains(&neighbour)
         };
         if !ok {
-            self.violation(now, format!("S4: {task} told about {neighbour}, not a neighbour of that kind"));
+            self.violation(
+                now,
+                format!("S4: {task} told about {neighbour}, not a neighbour of that kind"),
+            );
         }
     }
 
@@ -374,10 +487,15 @@ impl Checker {
             let mut neighbours = self.topology.parents(ten.task, Epoch(0));
             neighbours.extend(self.topology.children(ten.task, Epoch(0)));
             for nb in neighbours {
-                let Some(list) = self.store_primaries.get(nb.index()) else { continue };
+                let Some(list) = self.store_primaries.get(nb.index()) else {
+                    continue;
+                };
                 for p in list {
                     let Some(d) = p.deleted else { continue };
-                    if ten.from < d && end > d + GRACE && !ten.died.iter().any(|x| x.0 == nb && x.1 == p.incarnation) {
+                    if ten.from < d
+                        && end > d + GRACE
+                        && !ten.died.iter().any(|x| x.0 == nb && x.1 == p.incarnation)
+                    {
                         missing.push(format!(
                             "S4: {} (primary of {}) never reported {nb} ({}) dead",
                             ten.node, ten.task, p.incarnation
@@ -388,7 +506,12 @@ impl Checker {
                     let next = list.iter().find(|p| p.incarnation > *inc);
                     if let Some(p) = next {
                         let due = p.created.max(*at) + GRACE;
-                        if end > due && !ten.restarted.iter().any(|r| r.0 == *t && r.1 >= p.incarnation && r.2 >= *at) {
+                        if end > due
+                            && !ten
+                                .restarted
+                                .iter()
+                                .any(|r| r.0 == *t && r.1 >= p.incarnation && r.2 >= *at)
+                        {
                             missing.push(format!(
                                 "S5: {} (primary of {}) never reported {nb} restarted ({})",
                                 ten.node, ten.task, p.incarnation

@@ -70,7 +70,13 @@ impl ClusterConfig {
 
     /// The node configuration used for node `id`.
     pub fn node_config(&self, id: NodeId) -> NodeConfig {
-        let mut c = NodeConfig::new(id, self.job.clone(), format!("sim-{}", id.0), self.num_tasks, self.standbys);
+        let mut c = NodeConfig::new(
+            id,
+            self.job.clone(),
+            format!("sim-{}", id.0),
+            self.num_tasks,
+            self.standbys,
+        );
         c.ttl = self.ttl;
         c.max_failures = self.max_failures;
         c
@@ -147,11 +153,34 @@ pub struct TraceEntry {
 
 #[derive(Debug)]
 enum Ev {
-    StoreArrive { node: NodeId, life: u64, id: OpId, op: StoreOp },
-    StoreReply { node: NodeId, life: u64, id: OpId, result: Result<StoreResponse, StoreError> },
-    Watch { node: NodeId, life: u64, resp: WatchResponse },
-    Msg { from: NodeId, to: NodeId, gen: u64, msg: Envelope },
-    Disconnect { node: NodeId, life: u64, peer: NodeId },
+    StoreArrive {
+        node: NodeId,
+        life: u64,
+        id: OpId,
+        op: StoreOp,
+    },
+    StoreReply {
+        node: NodeId,
+        life: u64,
+        id: OpId,
+        result: Result<StoreResponse, StoreError>,
+    },
+    Watch {
+        node: NodeId,
+        life: u64,
+        resp: WatchResponse,
+    },
+    Msg {
+        from: NodeId,
+        to: NodeId,
+        gen: u64,
+        msg: Envelope,
+    },
+    Disconnect {
+        node: NodeId,
+        life: u64,
+        peer: NodeId,
+    },
 }
 
 #[derive(Debug)]
@@ -229,7 +258,10 @@ pub struct Cluster {
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster").field("now", &self.now).field("steps", &self.steps).finish_non_exhaustive()
+        f.debug_struct("Cluster")
+            .field("now", &self.now)
+            .field("steps", &self.steps)
+            .finish_non_exhaustive()
     }
 }
 
@@ -246,8 +278,16 @@ impl Cluster {
         make_builder: Box<dyn FnMut(NodeId) -> Box<dyn TaskBuilder>>,
     ) -> Cluster {
         let mut store = MemStore::new();
-        let prefix = crate::keys::Keys::new("taskgraph", &cfg.job).prefix().to_string();
-        let harness_watch = match store.apply(Instant::ZERO, StoreOp::Watch { prefix, start_revision: 0 }) {
+        let prefix = crate::keys::Keys::new("taskgraph", &cfg.job)
+            .prefix()
+            .to_string();
+        let harness_watch = match store.apply(
+            Instant::ZERO,
+            StoreOp::Watch {
+                prefix,
+                start_revision: 0,
+            },
+        ) {
             Ok(StoreResponse::WatchCreated { watch }) => watch,
             _ => -1,
         };
@@ -272,13 +312,25 @@ impl Cluster {
             hash: FNV_OFFSET,
             checker,
             faults: FaultCounts::default(),
-            trace: if cfg.record_trace { Some(Vec::new()) } else { None },
+            trace: if cfg.record_trace {
+                Some(Vec::new())
+            } else {
+                None
+            },
             steps: 0,
             cfg,
         };
         for i in 0..c.cfg.num_nodes() {
             let id = NodeId(u64::from(i) + 1);
-            c.nodes.insert(id, Slot { node: None, life: 0, paused_until: None, inbox: Vec::new() });
+            c.nodes.insert(
+                id,
+                Slot {
+                    node: None,
+                    life: 0,
+                    paused_until: None,
+                    inbox: Vec::new(),
+                },
+            );
             c.start_node(id);
             c.now = c.now + Duration::from_millis(1);
         }
@@ -336,7 +388,12 @@ impl Cluster {
         self.nodes
             .iter()
             .filter(|(_, s)| s.paused_until.is_none())
-            .find(|(_, s)| s.node.as_ref().and_then(|n| n.primary_of()).is_some_and(|(task, _)| task == t))
+            .find(|(_, s)| {
+                s.node
+                    .as_ref()
+                    .and_then(|n| n.primary_of())
+                    .is_some_and(|(task, _)| task == t)
+            })
             .map(|(id, _)| *id)
     }
     /// Random draws for fault schedules (shares the run's seed).
@@ -348,13 +405,23 @@ impl Cluster {
 
     fn note(&mut self, node: Option<NodeId>, what: std::fmt::Arguments<'_>) {
         let mut s = String::new();
-        let _ = write!(s, "{} {:?} {}", self.now.since_origin().as_nanos(), node.map(|n| n.0), what);
+        let _ = write!(
+            s,
+            "{} {:?} {}",
+            self.now.since_origin().as_nanos(),
+            node.map(|n| n.0),
+            what
+        );
         for b in s.as_bytes() {
             self.hash ^= u128::from(*b);
             self.hash = self.hash.wrapping_mul(FNV_PRIME);
         }
         if let Some(t) = self.trace.as_mut() {
-            t.push(TraceEntry { at: self.now, node, what: what.to_string() });
+            t.push(TraceEntry {
+                at: self.now,
+                node,
+                what: what.to_string(),
+            });
         }
     }
 
@@ -362,7 +429,11 @@ impl Cluster {
 
     fn push(&mut self, at: Instant, ev: Ev) {
         self.next_seq += 1;
-        self.queue.push(Reverse(Queued { at, seq: self.next_seq, ev }));
+        self.queue.push(Reverse(Queued {
+            at,
+            seq: self.next_seq,
+            ev,
+        }));
     }
 
     /// Schedules `ev` on FIFO channel `chan` after a random delay in `range`.
@@ -417,7 +488,9 @@ impl Cluster {
     /// Takes one step: the earliest event, timer, lease expiry or resume.
     /// Returns false if nothing is left to happen.
     pub fn step(&mut self) -> bool {
-        let Some(t) = self.next_time() else { return false };
+        let Some(t) = self.next_time() else {
+            return false;
+        };
         if t > self.now {
             self.now = t;
         }
@@ -432,14 +505,20 @@ impl Cluster {
         // Resumes, then node timers, in node order.
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in &ids {
-            let resume = self.nodes.get(id).is_some_and(|s| s.paused_until.is_some_and(|p| p <= self.now));
+            let resume = self
+                .nodes
+                .get(id)
+                .is_some_and(|s| s.paused_until.is_some_and(|p| p <= self.now));
             if resume {
                 self.resume(*id);
                 return true;
             }
         }
         for id in &ids {
-            let due = self.node(*id).and_then(|n| n.poll_timeout()).is_some_and(|x| x <= self.now)
+            let due = self
+                .node(*id)
+                .and_then(|n| n.poll_timeout())
+                .is_some_and(|x| x <= self.now)
                 && self.nodes.get(id).is_some_and(|s| s.paused_until.is_none());
             if due {
                 self.note(Some(*id), format_args!("timeout"));
@@ -472,7 +551,11 @@ impl Cluster {
 
     /// Steps until `done(self)` holds or virtual time passes `deadline`;
     /// returns whether `done` held.
-    pub fn run_until_pred(&mut self, deadline: Instant, mut done: impl FnMut(&Cluster) -> bool) -> bool {
+    pub fn run_until_pred(
+        &mut self,
+        deadline: Instant,
+        mut done: impl FnMut(&Cluster) -> bool,
+    ) -> bool {
         loop {
             if done(self) {
                 return true;
@@ -500,13 +583,28 @@ impl Cluster {
                     self.note(Some(node), format_args!("store request {id:?} lost"));
                     let at = self.now + self.cfg.op_timeout;
                     let result = Err(StoreError::Unavailable("request lost".into()));
-                    self.push(at, Ev::StoreReply { node, life, id, result });
+                    self.push(
+                        at,
+                        Ev::StoreReply {
+                            node,
+                            life,
+                            id,
+                            result,
+                        },
+                    );
                     return;
                 }
                 let watch = matches!(op, StoreOp::Watch { .. });
-                let cancel = if let StoreOp::CancelWatch { watch } = op { Some(watch) } else { None };
+                let cancel = if let StoreOp::CancelWatch { watch } = op {
+                    Some(watch)
+                } else {
+                    None
+                };
                 let result = self.store.apply(self.now, op);
-                self.note(None, format_args!("store applied {id:?} for {node:?}: {result:?}"));
+                self.note(
+                    None,
+                    format_args!("store applied {id:?} for {node:?}: {result:?}"),
+                );
                 if let (true, Ok(StoreResponse::WatchCreated { watch })) = (watch, &result) {
                     self.watches.insert(*watch, (node, life));
                 }
@@ -515,12 +613,30 @@ impl Cluster {
                 }
                 // A watch's creation is answered on its own stream, ahead of
                 // its events (as etcd's watch stream does).
-                let chan = if watch { Chan::Watch(node) } else { Chan::Reply(node) };
+                let chan = if watch {
+                    Chan::Watch(node)
+                } else {
+                    Chan::Reply(node)
+                };
                 let range = self.cfg.store_delay;
-                self.push_fifo(chan, range, Ev::StoreReply { node, life, id, result });
+                self.push_fifo(
+                    chan,
+                    range,
+                    Ev::StoreReply {
+                        node,
+                        life,
+                        id,
+                        result,
+                    },
+                );
                 self.route_watch_responses();
             }
-            Ev::StoreReply { node, life, id, result } => {
+            Ev::StoreReply {
+                node,
+                life,
+                id,
+                result,
+            } => {
                 if life != self.life(node) {
                     return;
                 }
@@ -529,7 +645,15 @@ impl Cluster {
                 } else {
                     result
                 };
-                if self.inbox_if_paused(node, Ev::StoreReply { node, life, id, result: result.clone() }) {
+                if self.inbox_if_paused(
+                    node,
+                    Ev::StoreReply {
+                        node,
+                        life,
+                        id,
+                        result: result.clone(),
+                    },
+                ) {
                     return;
                 }
                 self.note(Some(node), format_args!("store result {id:?}: {result:?}"));
@@ -543,7 +667,14 @@ impl Cluster {
                 if life != self.life(node) {
                     return;
                 }
-                if self.inbox_if_paused(node, Ev::Watch { node, life, resp: resp.clone() }) {
+                if self.inbox_if_paused(
+                    node,
+                    Ev::Watch {
+                        node,
+                        life,
+                        resp: resp.clone(),
+                    },
+                ) {
                     return;
                 }
                 self.note(Some(node), format_args!("watch {resp:?}"));
@@ -554,7 +685,10 @@ impl Cluster {
                 self.drain(node);
             }
             Ev::Msg { from, to, gen, msg } => {
-                let live = self.conns.get(&(from, to)).is_some_and(|c| c.gen == gen && !c.broken);
+                let live = self
+                    .conns
+                    .get(&(from, to))
+                    .is_some_and(|c| c.gen == gen && !c.broken);
                 if !live {
                     return;
                 }
@@ -562,7 +696,15 @@ impl Cluster {
                     self.break_conn(from, to);
                     return;
                 }
-                if self.inbox_if_paused(to, Ev::Msg { from, to, gen, msg: msg.clone() }) {
+                if self.inbox_if_paused(
+                    to,
+                    Ev::Msg {
+                        from,
+                        to,
+                        gen,
+                        msg: msg.clone(),
+                    },
+                ) {
                     return;
                 }
                 self.note(Some(to), format_args!("message from {from:?}: {msg:?}"));
@@ -606,7 +748,9 @@ impl Cluster {
                 self.checker.on_store_events(now, &resp.events);
                 continue;
             }
-            let Some((node, life)) = self.watches.get(&resp.watch).copied() else { continue };
+            let Some((node, life)) = self.watches.get(&resp.watch).copied() else {
+                continue;
+            };
             let range = self.cfg.store_delay;
             self.push_fifo(Chan::Watch(node), range, Ev::Watch { node, life, resp });
         }
@@ -618,7 +762,14 @@ impl Cluster {
             if !c.broken {
                 c.broken = true;
                 let at = self.now + self.cfg.detect_delay;
-                self.push(at, Ev::Disconnect { node: a, life, peer: b });
+                self.push(
+                    at,
+                    Ev::Disconnect {
+                        node: a,
+                        life,
+                        peer: b,
+                    },
+                );
             }
         }
     }
@@ -626,7 +777,9 @@ impl Cluster {
     /// Carries out every action of node `id` (the driver's half of the contract).
     fn drain(&mut self, id: NodeId) {
         loop {
-            let Some(action) = self.node_mut(id).and_then(|n| n.poll_action()) else { break };
+            let Some(action) = self.node_mut(id).and_then(|n| n.poll_action()) else {
+                break;
+            };
             self.note(Some(id), format_args!("{action:?}"));
             match action {
                 Action::Store { id: op_id, op } => {
@@ -634,10 +787,27 @@ impl Cluster {
                     if self.cut_from_store(id) {
                         let at = self.now + self.cfg.op_timeout;
                         let result = Err(StoreError::Unavailable("store unreachable".into()));
-                        self.push(at, Ev::StoreReply { node: id, life, id: op_id, result });
+                        self.push(
+                            at,
+                            Ev::StoreReply {
+                                node: id,
+                                life,
+                                id: op_id,
+                                result,
+                            },
+                        );
                     } else {
                         let range = self.cfg.store_delay;
-                        self.push_fifo(Chan::ToStore(id), range, Ev::StoreArrive { node: id, life, id: op_id, op });
+                        self.push_fifo(
+                            Chan::ToStore(id),
+                            range,
+                            Ev::StoreArrive {
+                                node: id,
+                                life,
+                                id: op_id,
+                                op,
+                            },
+                        );
                     }
                 }
                 Action::Connect { node, .. } => {
@@ -649,8 +819,11 @@ impl Cluster {
                 }
                 Action::Send { to, msg } => {
                     let session = self.node(id).map(|n| n.session());
-                    self.checker.on_send(self.now, id, session, &msg, &self.store);
-                    let Some(c) = self.conns.get(&(id, to)).copied() else { continue };
+                    self.checker
+                        .on_send(self.now, id, session, &msg, &self.store);
+                    let Some(c) = self.conns.get(&(id, to)).copied() else {
+                        continue;
+                    };
                     if c.broken {
                         continue;
                     }
@@ -659,14 +832,24 @@ impl Cluster {
                         continue;
                     }
                     let range = self.cfg.msg_delay;
-                    self.push_fifo(Chan::Link(id, to), range, Ev::Msg { from: id, to, gen: c.gen, msg });
+                    self.push_fifo(
+                        Chan::Link(id, to),
+                        range,
+                        Ev::Msg {
+                            from: id,
+                            to,
+                            gen: c.gen,
+                            msg,
+                        },
+                    );
                 }
                 Action::Close { node } => {
                     self.conns.remove(&(id, node));
                 }
                 Action::Event(ev) => {
                     let session = self.node(id).map(|n| n.session()).unwrap_or_default();
-                    self.checker.on_event(self.now, id, session, &ev, &self.store);
+                    self.checker
+                        .on_event(self.now, id, session, &ev, &self.store);
                 }
             }
         }
@@ -686,7 +869,10 @@ impl Cluster {
         let now = self.now;
         for (t, ns) in holders {
             if ns.len() > 1 {
-                self.checker.violation(now, format!("S3: task {t} has {} primaries: {ns:?}", ns.len()));
+                self.checker.violation(
+                    now,
+                    format!("S3: task {t} has {} primaries: {ns:?}", ns.len()),
+                );
             }
         }
     }
@@ -709,14 +895,17 @@ impl Cluster {
                 self.drain(id);
             }
             Err(e) => {
-                self.checker.violation(now, format!("node {id} could not be created: {e}"));
+                self.checker
+                    .violation(now, format!("node {id} could not be created: {e}"));
             }
         }
     }
 
     /// Crashes node `id`: its state is lost; peers see connections reset.
     pub fn crash(&mut self, id: NodeId) {
-        let Some(s) = self.nodes.get_mut(&id) else { return };
+        let Some(s) = self.nodes.get_mut(&id) else {
+            return;
+        };
         if s.node.is_none() {
             return;
         }
@@ -727,12 +916,22 @@ impl Cluster {
         self.faults.crashes += 1;
         self.checker.on_crash(self.now, id);
         self.note(Some(id), format_args!("crashed"));
-        let owned: Vec<WatchId> = self.watches.iter().filter(|(_, (n, _))| *n == id).map(|(w, _)| *w).collect();
+        let owned: Vec<WatchId> = self
+            .watches
+            .iter()
+            .filter(|(_, (n, _))| *n == id)
+            .map(|(w, _)| *w)
+            .collect();
         for w in owned {
             self.store.cancel_watch(w);
             self.watches.remove(&w);
         }
-        let peers: Vec<NodeId> = self.conns.keys().filter(|(_, b)| *b == id).map(|(a, _)| *a).collect();
+        let peers: Vec<NodeId> = self
+            .conns
+            .keys()
+            .filter(|(_, b)| *b == id)
+            .map(|(a, _)| *a)
+            .collect();
         for a in peers {
             self.break_conn(a, id);
         }
@@ -759,7 +958,12 @@ impl Cluster {
 
     /// Stops node `id` cleanly: it revokes its lease (S6).
     pub fn shutdown(&mut self, id: NodeId) {
-        if !self.is_up(id) || self.nodes.get(&id).is_some_and(|s| s.paused_until.is_some()) {
+        if !self.is_up(id)
+            || self
+                .nodes
+                .get(&id)
+                .is_some_and(|s| s.paused_until.is_some())
+        {
             return;
         }
         self.faults.shutdowns += 1;
@@ -775,7 +979,9 @@ impl Cluster {
     /// messages to it wait (a stopped process, or a long GC pause).
     pub fn pause(&mut self, id: NodeId, d: Duration) {
         let until = self.now + d;
-        let Some(s) = self.nodes.get_mut(&id) else { return };
+        let Some(s) = self.nodes.get_mut(&id) else {
+            return;
+        };
         if s.node.is_none() || s.paused_until.is_some() {
             return;
         }
@@ -845,12 +1051,21 @@ impl Cluster {
     }
 
     fn break_watches(&mut self, which: impl Fn(NodeId) -> bool) {
-        let owned: Vec<(WatchId, NodeId, u64)> =
-            self.watches.iter().filter(|(_, (n, _))| which(*n)).map(|(w, (n, l))| (*w, *n, *l)).collect();
+        let owned: Vec<(WatchId, NodeId, u64)> = self
+            .watches
+            .iter()
+            .filter(|(_, (n, _))| which(*n))
+            .map(|(w, (n, l))| (*w, *n, *l))
+            .collect();
         for (w, node, life) in owned {
             self.store.cancel_watch(w);
             self.watches.remove(&w);
-            let resp = WatchResponse { watch: w, events: Vec::new(), compact_revision: None, canceled: true };
+            let resp = WatchResponse {
+                watch: w,
+                events: Vec::new(),
+                compact_revision: None,
+                canceled: true,
+            };
             let at = self.now + self.cfg.detect_delay;
             self.push(at, Ev::Watch { node, life, resp });
         }

@@ -94,12 +94,17 @@ pub struct ScheduleConfig {
 
 impl ScheduleConfig {
     /// The default: tree of 15 tasks, fanout 2, one standby each, 2 spares,
-    /// 10 epochs, up to 8 faults in the first 8 s, finished by 120 s.
+    /// 10 epochs, up to 8 faults in the first 6 s, finished by 120 s.
     pub fn tree15() -> Self {
+        let mut cluster = ClusterConfig::new(0, 15, 1, 2);
+        // A WAN-like network, so that ten epochs take seconds and the
+        // faults land while the job runs.
+        cluster.msg_delay = (Duration::from_millis(2), Duration::from_millis(40));
+        cluster.store_delay = (Duration::from_millis(1), Duration::from_millis(15));
         ScheduleConfig {
-            cluster: ClusterConfig::new(0, 15, 1, 2),
+            cluster,
             epochs: 10,
-            chaos: Duration::from_secs(8),
+            chaos: Duration::from_secs(6),
             max_faults: 8,
             deadline: Duration::from_secs(120),
         }
@@ -129,18 +134,44 @@ impl Schedule {
         for _ in 0..count {
             let at = Instant::from_millis(rng.range(50, chaos_ms.max(51)));
             let f = match rng.range(0, 9) {
-                0 => Fault::Crash { node: node(&mut rng), restart_after: ms(&mut rng, 500, 5000) },
-                1 => Fault::Shutdown { node: node(&mut rng), restart_after: ms(&mut rng, 100, 3000) },
-                2 => Fault::PartitionNode { node: node(&mut rng), heal_after: ms(&mut rng, 100, 2 * ttl_ms) },
+                0 => Fault::Crash {
+                    node: node(&mut rng),
+                    restart_after: ms(&mut rng, 500, 5000),
+                },
+                1 => Fault::Shutdown {
+                    node: node(&mut rng),
+                    restart_after: ms(&mut rng, 100, 3000),
+                },
+                2 => Fault::PartitionNode {
+                    node: node(&mut rng),
+                    heal_after: ms(&mut rng, 100, 2 * ttl_ms),
+                },
                 3 | 4 => {
                     let a = node(&mut rng);
                     let b = node(&mut rng);
-                    Fault::PartitionLink { a, b, one_way: rng.chance(0.5), heal_after: ms(&mut rng, 100, 2 * ttl_ms) }
+                    Fault::PartitionLink {
+                        a,
+                        b,
+                        one_way: rng.chance(0.5),
+                        heal_after: ms(&mut rng, 100, 2 * ttl_ms),
+                    }
                 }
-                5 => Fault::CutStore { node: node(&mut rng), heal_after: ms(&mut rng, 100, 2 * ttl_ms) },
-                6 => Fault::StoreOutage { heal_after: ms(&mut rng, 100, ttl_ms + ttl_ms / 2) },
-                7 => Fault::Pause { node: node(&mut rng), duration: ms(&mut rng, ttl_ms + 100, 2 * ttl_ms + 1000) },
-                _ => Fault::Slow { a: node(&mut rng), b: node(&mut rng), extra: ms(&mut rng, 10, 500) },
+                5 => Fault::CutStore {
+                    node: node(&mut rng),
+                    heal_after: ms(&mut rng, 100, 2 * ttl_ms),
+                },
+                6 => Fault::StoreOutage {
+                    heal_after: ms(&mut rng, 100, ttl_ms + ttl_ms / 2),
+                },
+                7 => Fault::Pause {
+                    node: node(&mut rng),
+                    duration: ms(&mut rng, ttl_ms + 100, 2 * ttl_ms + 1000),
+                },
+                _ => Fault::Slow {
+                    a: node(&mut rng),
+                    b: node(&mut rng),
+                    extra: ms(&mut rng, 10, 500),
+                },
             };
             faults.push((at, f));
         }
@@ -197,12 +228,19 @@ pub fn run_schedule(cfg: &ScheduleConfig, schedule: &Schedule) -> ScheduleOutcom
     let mut ccfg = cfg.cluster.clone();
     ccfg.seed = schedule.seed;
     let results = Results::default();
-    let topo = Arc::new(TreeTopology::new(2, ccfg.num_tasks).unwrap_or_else(|_| unreachable_tree()));
+    let topo =
+        Arc::new(TreeTopology::new(2, ccfg.num_tasks).unwrap_or_else(|_| unreachable_tree()));
     let (num_tasks, last_epoch, r) = (ccfg.num_tasks, cfg.epochs, results.clone());
     let mut cluster = Cluster::new(
         ccfg,
         topo,
-        Box::new(move |_| Box::new(TreeSumBuilder { num_tasks, last_epoch, results: r.clone() })),
+        Box::new(move |_| {
+            Box::new(TreeSumBuilder {
+                num_tasks,
+                last_epoch,
+                results: r.clone(),
+            })
+        }),
     );
     let mut later: Vec<(Instant, Later)> = Vec::new();
     let mut target_rng = Rng::new(schedule.seed ^ 0x7a26_e7);
@@ -212,7 +250,11 @@ pub fn run_schedule(cfg: &ScheduleConfig, schedule: &Schedule) -> ScheduleOutcom
         // Half the node-targeted faults hit a primary instead (often task 0's).
         let retarget = |rng: &mut Rng, c: &Cluster, n: NodeId| -> NodeId {
             if rng.chance(0.5) {
-                let t = if rng.chance(0.3) { TaskId(0) } else { TaskId(rng.range(0, u64::from(num_tasks)) as u32) };
+                let t = if rng.chance(0.3) {
+                    TaskId(0)
+                } else {
+                    TaskId(rng.range(0, u64::from(num_tasks)) as u32)
+                };
                 c.primary_of(t).unwrap_or(n)
             } else {
                 n
@@ -220,12 +262,18 @@ pub fn run_schedule(cfg: &ScheduleConfig, schedule: &Schedule) -> ScheduleOutcom
         };
         let now = cluster.now();
         match fault.clone() {
-            Fault::Crash { node, restart_after } => {
+            Fault::Crash {
+                node,
+                restart_after,
+            } => {
                 let node = retarget(&mut target_rng, &cluster, node);
                 cluster.crash(node);
                 later.push((now + restart_after, Later::Restart(node)));
             }
-            Fault::Shutdown { node, restart_after } => {
+            Fault::Shutdown {
+                node,
+                restart_after,
+            } => {
                 let node = retarget(&mut target_rng, &cluster, node);
                 cluster.shutdown(node);
                 later.push((now + restart_after, Later::Restart(node)));
@@ -235,7 +283,12 @@ pub fn run_schedule(cfg: &ScheduleConfig, schedule: &Schedule) -> ScheduleOutcom
                 cluster.partition_node(node);
                 later.push((now + heal_after, Later::HealNode(node)));
             }
-            Fault::PartitionLink { a, b, one_way, heal_after } => {
+            Fault::PartitionLink {
+                a,
+                b,
+                one_way,
+                heal_after,
+            } => {
                 let a = retarget(&mut target_rng, &cluster, a);
                 if a != b {
                     cluster.partition_link(a, b, one_way);
@@ -279,24 +332,36 @@ pub fn run_schedule(cfg: &ScheduleConfig, schedule: &Schedule) -> ScheduleOutcom
     if !finished {
         violations.push(Violation {
             at: cluster.now(),
-            what: format!("liveness: the job did not finish by {} (exit: {exit:?})", deadline),
+            what: format!(
+                "liveness: the job did not finish by {} (exit: {exit:?})",
+                deadline
+            ),
         });
     }
     match &exit {
         Some(ExitReason::Completed(_)) => {}
-        other => violations.push(Violation { at: cluster.now(), what: format!("liveness: job ended with {other:?}") }),
+        other => violations.push(Violation {
+            at: cluster.now(),
+            what: format!("liveness: job ended with {other:?}"),
+        }),
     }
     for r in &all {
         if r.total != r.expected {
             violations.push(Violation {
                 at: cluster.now(),
-                what: format!("answer: epoch {} gave {} instead of {}", r.epoch, r.total, r.expected),
+                what: format!(
+                    "answer: epoch {} gave {} instead of {}",
+                    r.epoch, r.total, r.expected
+                ),
             });
         }
     }
     for e in 1..=cfg.epochs {
         if !all.iter().any(|r| r.epoch.0 == e) {
-            violations.push(Violation { at: cluster.now(), what: format!("answer: epoch {e} never verified") });
+            violations.push(Violation {
+                at: cluster.now(),
+                what: format!("answer: epoch {e} never verified"),
+            });
         }
     }
     ScheduleOutcome {
@@ -320,7 +385,9 @@ fn unreachable_tree() -> TreeTopology {
 fn run_later(cluster: &mut Cluster, later: &mut Vec<(Instant, Later)>, until: Instant) {
     loop {
         later.sort_by_key(|(at, _)| *at);
-        let Some(pos) = later.iter().position(|(at, _)| *at <= until) else { return };
+        let Some(pos) = later.iter().position(|(at, _)| *at <= until) else {
+            return;
+        };
         let (at, what) = later.remove(pos);
         cluster.run_until(at);
         match what {

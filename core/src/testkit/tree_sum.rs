@@ -122,7 +122,9 @@ impl TreeSum {
                 None => self.waiting.push((sid, req)),
             }
         }
-        let Some(total) = self.gradient(ctx) else { return };
+        let Some(total) = self.gradient(ctx) else {
+            return;
+        };
         if self.id.0 == 0 {
             if self.sent_grad {
                 return;
@@ -130,7 +132,11 @@ impl TreeSum {
             self.sent_grad = true;
             let e = self.epoch.0;
             let ids: u64 = (0..u64::from(self.num_tasks)).sum();
-            self.results.push(EpochResult { epoch: self.epoch, total, expected: e.wrapping_mul(ids) });
+            self.results.push(EpochResult {
+                epoch: self.epoch,
+                total,
+                expected: e.wrapping_mul(ids),
+            });
             if e >= self.last_epoch {
                 ctx.exit_job(format!("tree_sum verified {e} epochs"));
             } else {
@@ -176,7 +182,14 @@ impl Task for TreeSum {
         }
     }
 
-    fn data_ready(&mut self, ctx: &mut Context, from: TaskId, _id: RequestId, req: Bytes, resp: Bytes) {
+    fn data_ready(
+        &mut self,
+        ctx: &mut Context,
+        from: TaskId,
+        _id: RequestId,
+        req: Bytes,
+        resp: Bytes,
+    ) {
         let Some(v) = dec(&resp) else { return };
         match req.as_ref() {
             PARAM => {
