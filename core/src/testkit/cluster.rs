@@ -527,6 +527,19 @@ impl Cluster {
                     n.handle_timeout(now);
                 }
                 self.drain(*id);
+                if self
+                    .node(*id)
+                    .and_then(|n| n.poll_timeout())
+                    .is_some_and(|x| x <= now)
+                {
+                    // A timer that does not move after firing would spin
+                    // forever at this instant.
+                    self.checker.violation(
+                        now,
+                        format!("liveness: {id} keeps asking for a timeout at {now}"),
+                    );
+                    self.crash(*id);
+                }
                 return true;
             }
         }

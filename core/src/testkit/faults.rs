@@ -170,7 +170,7 @@ impl Schedule {
                 _ => Fault::Slow {
                     a: node(&mut rng),
                     b: node(&mut rng),
-                    extra: ms(&mut rng, 10, 500),
+                    extra: ms(&mut rng, 10, 3 * ttl_ms),
                 },
             };
             faults.push((at, f));
@@ -181,6 +181,9 @@ impl Schedule {
         Schedule { seed, faults }
     }
 }
+
+/// A run taking more steps than this is stopped and reported as a livelock.
+const MAX_STEPS: u64 = 5_000_000;
 
 /// What one schedule run produced.
 #[derive(Clone, Debug)]
@@ -306,15 +309,40 @@ pub fn run_schedule(cfg: &ScheduleConfig, schedule: &Schedule) -> ScheduleOutcom
             }
             Fault::Pause { node, duration } => {
                 let node = retarget(&mut target_rng, &cluster, node);
+                // Half the pauses leave messages in flight that arrive after
+                // the paused primary has been replaced (stale messages that
+                // fencing must drop, S3).
+                if target_rng.chance(0.5) {
+                    let extra = duration + cfg.cluster.ttl;
+                    for b in cluster.node_ids() {
+                        if b != node {
+                            cluster.slow_link(node, b, extra);
+                        }
+                    }
+                }
                 cluster.pause(node, duration);
             }
             Fault::Slow { a, b, extra } => {
+                // Mostly slow a link that carries traffic: a primary to the
+                // primary of its parent task, or the reverse.
+                let (a, b) = if target_rng.chance(0.7) && num_tasks > 1 {
+                    let t = target_rng.range(1, u64::from(num_tasks)) as u32;
+                    let p = (t - 1) / 2;
+                    match (cluster.primary_of(TaskId(t)), cluster.primary_of(TaskId(p))) {
+                        (Some(x), Some(y)) if target_rng.chance(0.5) => (x, y),
+                        (Some(x), Some(y)) => (y, x),
+                        _ => (a, b),
+                    }
+                } else {
+                    (a, b)
+                };
                 if a != b {
                     cluster.slow_link(a, b, extra);
                 }
             }
         }
     }
+    let mut violations_extra = Vec::new();
     let chaos_end = Instant::ZERO + cfg.chaos;
     run_later(&mut cluster, &mut later, chaos_end);
     cluster.run_until(chaos_end);
@@ -325,8 +353,17 @@ pub fn run_schedule(cfg: &ScheduleConfig, schedule: &Schedule) -> ScheduleOutcom
         }
     }
     let deadline = Instant::ZERO + cfg.deadline;
-    let finished = cluster.run_until_pred(deadline, |c| c.node_ids().iter().all(|n| !c.is_up(*n)));
+    let finished = cluster.run_until_pred(deadline, |c| {
+        c.node_ids().iter().all(|n| !c.is_up(*n)) || c.steps() > MAX_STEPS
+    });
+    if cluster.steps() > MAX_STEPS {
+        violations_extra.push(Violation {
+            at: cluster.now(),
+            what: format!("liveness: more than {MAX_STEPS} steps (a livelock?)"),
+        });
+    }
     let mut violations = cluster.finish();
+    violations.append(&mut violations_extra);
     let all = results.all();
     let exit = cluster.checker().exits().first().cloned();
     if !finished {
