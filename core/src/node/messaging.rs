@@ -151,6 +151,24 @@ impl Node {
         for t in on_n {
             self.resync_task(t);
         }
+        let replies: Vec<_> = self
+            .primary
+            .reply_cache
+            .iter()
+            .filter(|(_, (_, to))| *to == n)
+            .map(|((t, inc, id), (resp, _))| (*t, *inc, *id, resp.clone()))
+            .collect();
+        for (t, inc, id, resp) in replies {
+            self.send(
+                n,
+                t,
+                inc,
+                Body::Response {
+                    id,
+                    result: Reply::Data(resp),
+                },
+            );
+        }
         let standby_there = self.view.standbys[task.index()]
             .values()
             .any(|e| e.record.node == n);
@@ -285,7 +303,9 @@ impl Node {
         };
         let key = (s.from, s.from_incarnation, s.id);
         self.primary.serving_index.remove(&key);
-        self.primary.reply_cache.insert(key, resp.clone());
+        self.primary
+            .reply_cache
+            .insert(key, (resp.clone(), s.reply_to));
         self.send(
             s.reply_to,
             s.from,
@@ -445,7 +465,10 @@ impl Node {
             }
             Body::Request { id, req } => {
                 let key = (msg.from_task, msg.incarnation, id);
-                if let Some(resp) = self.primary.reply_cache.get(&key).cloned() {
+                if let Some((resp, _)) = self.primary.reply_cache.get(&key).cloned() {
+                    if let Some(entry) = self.primary.reply_cache.get_mut(&key) {
+                        entry.1 = from;
+                    }
                     self.send(
                         from,
                         msg.from_task,

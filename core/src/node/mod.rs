@@ -134,7 +134,9 @@ struct PrimaryState {
     pending: BTreeMap<RequestId, PendingRequest>,
     serving: BTreeMap<u64, Serving>,
     serving_index: BTreeMap<(TaskId, Incarnation, RequestId), u64>,
-    reply_cache: BTreeMap<(TaskId, Incarnation, RequestId), Bytes>,
+    /// Answers given this epoch, and the node each went to (resent when the
+    /// connection to that node is reopened: a reply may have been lost).
+    reply_cache: BTreeMap<(TaskId, Incarnation, RequestId), (Bytes, NodeId)>,
     next_serve: u64,
     delivered_meta: BTreeSet<(TaskId, Incarnation, u32)>,
     /// Neighbours whose death was delivered, waiting for a restart.

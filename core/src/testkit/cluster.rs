@@ -42,6 +42,8 @@ pub struct ClusterConfig {
     pub max_failures: u32,
     /// Keep a readable trace of every step (slow; for replays).
     pub record_trace: bool,
+    /// Nodes start this far apart, in id order.
+    pub start_gap: Duration,
 }
 
 impl ClusterConfig {
@@ -60,6 +62,7 @@ impl ClusterConfig {
             detect_delay: Duration::from_millis(300),
             max_failures: 1000,
             record_trace: false,
+            start_gap: Duration::from_millis(1),
         }
     }
 
@@ -253,6 +256,7 @@ pub struct Cluster {
     checker: Checker,
     faults: FaultCounts,
     trace: Option<Vec<TraceEntry>>,
+    events: Vec<(Instant, NodeId, crate::Event)>,
     steps: u64,
 }
 
@@ -317,6 +321,7 @@ impl Cluster {
             } else {
                 None
             },
+            events: Vec::new(),
             steps: 0,
             cfg,
         };
@@ -332,9 +337,76 @@ impl Cluster {
                 },
             );
             c.start_node(id);
-            c.now = c.now + Duration::from_millis(1);
+            let gap = c.cfg.start_gap;
+            c.run_until(c.now + gap);
         }
         c
+    }
+
+    /// Adds a node with a new id and starts it (S8: nodes may join at any time).
+    pub fn add_node(&mut self) -> NodeId {
+        let id = NodeId(self.nodes.keys().next_back().map_or(1, |n| n.0 + 1));
+        self.nodes.insert(
+            id,
+            Slot {
+                node: None,
+                life: 0,
+                paused_until: None,
+                inbox: Vec::new(),
+            },
+        );
+        self.start_node(id);
+        id
+    }
+
+    /// Every event nodes reported, with time and node.
+    pub fn events(&self) -> &[(Instant, NodeId, crate::Event)] {
+        &self.events
+    }
+
+    /// Delivers `msg` to node `to` as if it came from `from` over a live
+    /// connection (for tests of bad or stale input).
+    pub fn inject_message(&mut self, from: NodeId, to: NodeId, msg: Envelope) {
+        let now = self.now;
+        self.note(
+            Some(to),
+            format_args!("injected message from {from:?}: {msg:?}"),
+        );
+        if let Some(n) = self.node_mut(to) {
+            n.handle_message(now, from, msg);
+        }
+        self.drain(to);
+    }
+
+    /// Delivers a watch response to node `to` as if the store sent it on
+    /// its current watch (for tests of bad store values).
+    pub fn inject_watch(&mut self, to: NodeId, events: Vec<crate::store::WatchEvent>) {
+        let Some(watch) = self
+            .watches
+            .iter()
+            .find(|(_, (n, _))| *n == to)
+            .map(|(w, _)| *w)
+        else {
+            return;
+        };
+        let now = self.now;
+        let resp = WatchResponse {
+            watch,
+            events,
+            compact_revision: None,
+            canceled: false,
+        };
+        if let Some(n) = self.node_mut(to) {
+            n.handle_store_event(now, resp);
+        }
+        self.drain(to);
+    }
+
+    /// Applies `op` to the store directly (as an operator would).
+    pub fn store_apply(&mut self, op: StoreOp) -> Result<StoreResponse, StoreError> {
+        let r = self.store.apply(self.now, op);
+        self.route_watch_responses();
+        r
     }
 
     // ---- getters ----
@@ -863,6 +935,7 @@ impl Cluster {
                     let session = self.node(id).map(|n| n.session()).unwrap_or_default();
                     self.checker
                         .on_event(self.now, id, session, &ev, &self.store);
+                    self.events.push((self.now, id, ev));
                 }
             }
         }

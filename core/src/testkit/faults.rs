@@ -246,7 +246,7 @@ pub fn run_schedule(cfg: &ScheduleConfig, schedule: &Schedule) -> ScheduleOutcom
         }),
     );
     let mut later: Vec<(Instant, Later)> = Vec::new();
-    let mut target_rng = Rng::new(schedule.seed ^ 0x7a26_e7);
+    let mut target_rng = Rng::new(schedule.seed ^ 0x007a_26e7);
     for (at, fault) in &schedule.faults {
         run_later(&mut cluster, &mut later, *at);
         cluster.run_until(*at);

@@ -12,6 +12,7 @@
 mod checker;
 mod cluster;
 mod faults;
+pub mod recorder;
 mod rng;
 pub mod tree_sum;
 

@@ -192,11 +192,9 @@ impl Task for TreeSum {
     ) {
         let Some(v) = dec(&resp) else { return };
         match req.as_ref() {
-            PARAM => {
-                if self.param.is_none() {
-                    self.param = Some(v);
-                    ctx.flag_meta_to_children(PARAM);
-                }
+            PARAM if self.param.is_none() => {
+                self.param = Some(v);
+                ctx.flag_meta_to_children(PARAM);
             }
             GRAD => {
                 self.grads.insert(from, v);

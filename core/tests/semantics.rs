@@ -1,0 +1,1015 @@
+//! One test per semantic of the design contract (S1–S19), on the in-memory
+//! cluster harness. Each asserts the exact callbacks the application saw.
+
+use bytes::Bytes;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use taskgraph_core::testkit::recorder::{recorded_cluster, Call, Log, React};
+use taskgraph_core::testkit::{Cluster, ClusterConfig};
+use taskgraph_core::wire::{job_tag, Body, Direction, Envelope, RequestId};
+use taskgraph_core::*;
+
+const T0: TaskId = TaskId(0);
+const T1: TaskId = TaskId(1);
+const T2: TaskId = TaskId(2);
+
+fn n(i: u64) -> NodeId {
+    NodeId(i)
+}
+
+fn at(ms: u64) -> Instant {
+    Instant::from_millis(ms)
+}
+
+/// A cluster over a binary tree of `tasks` tasks whose nodes start 50 ms
+/// apart, so node i+1 joins after node i has claimed its slot.
+fn cluster(tasks: u32, standbys: u32, spares: u32, react: React) -> (Cluster, Log) {
+    let mut cfg = ClusterConfig::new(7, tasks, standbys, spares);
+    cfg.start_gap = Duration::from_millis(50);
+    cluster_with(cfg, react)
+}
+
+fn cluster_with(cfg: ClusterConfig, react: React) -> (Cluster, Log) {
+    let tasks = cfg.num_tasks;
+    recorded_cluster(
+        cfg,
+        Arc::new(TreeTopology::new(2, tasks).expect("valid tree")),
+        react,
+    )
+}
+
+fn quiet() -> React {
+    Arc::new(|_, _, _| {})
+}
+
+fn primary(c: &Cluster, t: TaskId) -> NodeId {
+    c.primary_of(t)
+        .unwrap_or_else(|| panic!("{t} has no primary"))
+}
+
+fn incarnation(c: &Cluster, t: TaskId) -> Incarnation {
+    let p = primary(c, t);
+    c.node(p)
+        .and_then(|x| x.primary_of())
+        .map(|x| x.1)
+        .expect("primary has an incarnation")
+}
+
+fn no_violations(c: &mut Cluster) {
+    let v = c.finish();
+    assert!(v.is_empty(), "checker found: {v:?}");
+}
+
+/// Calls of `node` other than its start (init, standby, first epoch).
+fn after_start(log: &Log, node: NodeId) -> Vec<Call> {
+    log.of_node(node)
+        .into_iter()
+        .filter(|c| {
+            !matches!(
+                c,
+                Call::Init { .. } | Call::BecameStandby | Call::EpochChanged(Epoch(0))
+            )
+        })
+        .collect()
+}
+
+/// Moves the job to `epoch` as an operator would (a put of the epoch key).
+fn set_epoch(c: &mut Cluster, epoch: u64) {
+    let op = store::StoreOp::Put {
+        key: "/taskgraph/sim/epoch".into(),
+        value: Bytes::from(epoch.to_string()),
+        lease: 0,
+    };
+    c.store_apply(op).expect("store accepts the put");
+}
+
+fn meta(s: &'static str) -> Bytes {
+    Bytes::from_static(s.as_bytes())
+}
+
+#[test]
+fn s1_first_nodes_become_primaries_then_standbys_then_spares() {
+    let (mut c, log) = cluster(3, 1, 2, quiet());
+    c.run_until(at(2000));
+    for (node, task) in [(1, T0), (2, T1), (3, T2)] {
+        assert_eq!(
+            c.primary_of(task),
+            Some(n(node)),
+            "node {node} claims the primary slot of {task}"
+        );
+        assert_eq!(
+            log.of_node(n(node)),
+            vec![Call::Init { primary: true }, Call::EpochChanged(Epoch(0))]
+        );
+    }
+    for (node, task) in [(4, T0), (5, T1), (6, T2)] {
+        assert!(
+            matches!(c.node(n(node)).map(|x| x.role()), Some(Role::Standby { task: t, .. }) if t == task),
+            "node {node} is the standby of {task}"
+        );
+        assert_eq!(
+            log.of_node(n(node)),
+            vec![Call::Init { primary: false }, Call::BecameStandby]
+        );
+    }
+    for node in [7, 8] {
+        assert_eq!(c.node(n(node)).map(|x| x.role()), Some(Role::Spare));
+        assert!(
+            log.of_node(n(node)).is_empty(),
+            "spare {node} waits without init"
+        );
+    }
+    no_violations(&mut c);
+}
+
+#[test]
+fn s2_primary_cut_from_store_steps_down_before_its_lease_can_expire() {
+    let (mut c, _log) = cluster(3, 1, 0, quiet());
+    c.run_until(at(1000));
+    let old = primary(&c, T1);
+    c.cut_store(old);
+    c.run_until(at(6000));
+    let stepped = c
+        .events()
+        .iter()
+        .find(|(_, node, e)| {
+            *node == old && matches!(e, Event::SteppedDown { task, .. } if *task == T1)
+        })
+        .map(|(t, _, e)| (*t, e.clone()))
+        .expect("the cut primary stepped down");
+    assert!(
+        matches!(
+            stepped.1,
+            Event::SteppedDown {
+                reason: StepDownReason::LeaseDeadline,
+                ..
+            }
+        ),
+        "it stepped down at its own deadline: {stepped:?}"
+    );
+    let cfg = c.node(old).map(|x| x.config().clone()).expect("node is up");
+    assert!(
+        stepped.0 <= at(1000) + (cfg.ttl - cfg.step_down_margin),
+        "step-down at {} is within ttl - margin of the cut",
+        stepped.0
+    );
+    let promoted = c
+        .events()
+        .iter()
+        .find(|(_, node, e)| {
+            *node != old && matches!(e, Event::BecamePrimary { task, .. } if *task == T1)
+        })
+        .map(|(t, _, _)| *t)
+        .expect("a standby took over");
+    assert!(
+        stepped.0 < promoted,
+        "old primary stepped down ({}) before the new one took over ({promoted})",
+        stepped.0
+    );
+    no_violations(&mut c);
+}
+
+#[test]
+fn s3_incarnations_increase_and_messages_from_a_fenced_incarnation_are_dropped() {
+    let (mut c, log) = cluster(3, 1, 0, quiet());
+    c.run_until(at(1000));
+    let old_inc = incarnation(&c, T0);
+    let old = primary(&c, T0);
+    c.crash(old);
+    c.run_until(at(6000));
+    let new_inc = incarnation(&c, T0);
+    assert!(
+        new_inc > old_inc,
+        "incarnation rose from {old_inc} to {new_inc}"
+    );
+    let incs: Vec<Incarnation> = c
+        .events()
+        .iter()
+        .filter_map(|(_, _, e)| match e {
+            Event::BecamePrimary {
+                task, incarnation, ..
+            } if *task == T0 => Some(*incarnation),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(incs, vec![old_inc, new_inc]);
+
+    let child = primary(&c, T1);
+    let child_inc = incarnation(&c, T1);
+    let forged = |inc: Incarnation, seq: u64| Envelope {
+        version: PROTOCOL_VERSION,
+        job: job_tag("sim"),
+        from_node: old,
+        from_session: SessionId(999_999),
+        seq,
+        from_task: T0,
+        incarnation: inc,
+        epoch: Epoch(0),
+        to_task: T1,
+        to_incarnation: child_inc,
+        body: Body::Meta {
+            direction: Direction::ToChildren,
+            flag: 7,
+            meta: meta("stale"),
+        },
+    };
+    let before = log.of_node(child).len();
+    let msg = forged(old_inc, 1);
+    c.inject_message(old, child, msg);
+    let last = c.events().last().map(|(_, _, e)| e.clone());
+    assert_eq!(
+        last,
+        Some(Event::MessageDropped {
+            from: old,
+            reason: DropReason::Fenced
+        })
+    );
+    assert_eq!(
+        log.of_node(child).len(),
+        before,
+        "nothing delivered from the fenced incarnation"
+    );
+    let msg = forged(new_inc, 2);
+    c.inject_message(old, child, msg);
+    assert_eq!(
+        log.of_node(child)[before..],
+        [Call::ParentMeta(T0, meta("stale"))],
+        "the current incarnation is accepted"
+    );
+}
+
+#[test]
+fn s4_child_died_and_restarted_delivered_once_in_order() {
+    let (mut c, log) = cluster(3, 1, 0, quiet());
+    c.run_until(at(1000));
+    let (p0, p2) = (primary(&c, T0), primary(&c, T2));
+    c.crash(primary(&c, T1));
+    c.run_until(at(8000));
+    assert_eq!(
+        after_start(&log, p0),
+        vec![Call::ChildDied(T1), Call::ChildRestarted(T1)]
+    );
+    assert!(
+        after_start(&log, p2).is_empty(),
+        "t2 is not a neighbour of t1"
+    );
+    no_violations(&mut c);
+}
+
+#[test]
+fn s4_parent_died_delivered_once_to_every_child() {
+    let (mut c, log) = cluster(3, 1, 0, quiet());
+    c.run_until(at(1000));
+    let (p1, p2) = (primary(&c, T1), primary(&c, T2));
+    c.crash(primary(&c, T0));
+    c.run_until(at(8000));
+    for p in [p1, p2] {
+        assert_eq!(
+            after_start(&log, p),
+            vec![Call::ParentDied(T0), Call::ParentRestarted(T0)]
+        );
+    }
+    no_violations(&mut c);
+}
+
+#[test]
+fn s5_first_standby_in_succession_is_promoted() {
+    // Two tasks, two standbys each: nodes 3 and 5 are t0's standbys, in that order.
+    let (mut c, log) = cluster(2, 2, 0, quiet());
+    c.run_until(at(1000));
+    assert_eq!(c.primary_of(T0), Some(n(1)));
+    c.crash(n(1));
+    c.run_until(at(8000));
+    assert_eq!(c.primary_of(T0), Some(n(3)), "the first standby took over");
+    assert_eq!(
+        log.of_node(n(3)),
+        vec![
+            Call::Init { primary: false },
+            Call::BecameStandby,
+            Call::BecamePrimary,
+            Call::EpochChanged(Epoch(0))
+        ]
+    );
+    assert_eq!(
+        log.of_node(n(5)),
+        vec![Call::Init { primary: false }, Call::BecameStandby],
+        "the second waits"
+    );
+    assert_eq!(
+        after_start(&log, n(2)),
+        vec![Call::ParentDied(T0), Call::ParentRestarted(T0)]
+    );
+    no_violations(&mut c);
+}
+
+#[test]
+fn s5_spare_takes_a_task_without_standby() {
+    let (mut c, log) = cluster(2, 0, 1, quiet());
+    c.run_until(at(1000));
+    assert!(log.of_node(n(3)).is_empty());
+    c.crash(n(2));
+    c.run_until(at(8000));
+    assert_eq!(c.primary_of(T1), Some(n(3)));
+    assert_eq!(
+        log.of_node(n(3)),
+        vec![Call::Init { primary: true }, Call::EpochChanged(Epoch(0))]
+    );
+    no_violations(&mut c);
+}
+
+#[test]
+fn s6_clean_stop_revokes_the_lease_and_fails_over_at_once() {
+    let (mut c, _log) = cluster(2, 1, 0, quiet());
+    c.run_until(at(1000));
+    let old = primary(&c, T1);
+    c.shutdown(old);
+    let stopped_at = c.now();
+    let done = c.run_until_pred(at(3000), |c| c.primary_of(T1).is_some_and(|p| p != old));
+    assert!(done, "a standby took over");
+    let took = c.now().saturating_duration_since(stopped_at);
+    assert!(
+        took < Duration::from_millis(200),
+        "failover after a clean stop took {took:?}, not a TTL"
+    );
+    assert!(c.node(old).is_some_and(|x| x.is_stopped()));
+    no_violations(&mut c);
+}
+
+#[test]
+fn s7_too_many_failures_end_the_job_naming_the_task() {
+    let mut cfg = ClusterConfig::new(3, 2, 0, 3);
+    cfg.start_gap = Duration::from_millis(50);
+    cfg.max_failures = 2;
+    let (mut c, log) = cluster_with(cfg, quiet());
+    c.run_until(at(1000));
+    for round in 0..4u64 {
+        if let Some(p) = c.primary_of(T1) {
+            c.crash(p);
+        }
+        c.run_until(at(1000 + (round + 1) * 4000));
+    }
+    let expected = ExitReason::TooManyFailures {
+        task: T1,
+        failures: 3,
+        window_ms: 60_000,
+    };
+    assert!(
+        expected.to_string().contains("task t1 failed 3 times"),
+        "{expected}"
+    );
+    let exits: Vec<Call> = log
+        .all()
+        .into_iter()
+        .filter(|l| matches!(l.call, Call::Exit(_)))
+        .map(|l| l.call)
+        .collect();
+    assert!(!exits.is_empty());
+    assert!(
+        exits.iter().all(|e| *e == Call::Exit(expected.clone())),
+        "{exits:?}"
+    );
+    assert!(
+        c.node_ids().iter().all(|x| !c.is_up(*x)),
+        "every node stopped"
+    );
+    assert_eq!(c.checker().exits().first(), Some(&expected));
+}
+
+#[test]
+fn s8_spares_fill_standby_slots_and_may_join_any_time() {
+    let (mut c, log) = cluster(2, 1, 1, quiet());
+    c.run_until(at(1000));
+    let late = c.add_node();
+    c.run_until(at(1500));
+    assert!(
+        log.of_node(n(5)).is_empty() && log.of_node(late).is_empty(),
+        "both wait as spares"
+    );
+    // t0's standby (node 3) is promoted; its slot is free again.
+    c.crash(n(1));
+    c.run_until(at(8000));
+    assert_eq!(c.primary_of(T0), Some(n(3)));
+    assert_eq!(
+        log.of_node(n(5)),
+        vec![Call::Init { primary: false }, Call::BecameStandby],
+        "first spare fills it"
+    );
+    assert!(
+        log.of_node(late).is_empty(),
+        "the later spare keeps waiting"
+    );
+    no_violations(&mut c);
+}
+
+#[test]
+fn s9_advance_epoch_is_compare_and_swap() {
+    // Both children advance from epoch 0 at about the same time: one wins.
+    let react: React = Arc::new(|_, call, ctx| {
+        if *call == Call::ParentMeta(T0, meta("go")) {
+            ctx.advance_epoch();
+        }
+        if *call == Call::EpochChanged(Epoch(0)) && ctx.task() == T0 {
+            ctx.flag_meta_to_children(meta("go"));
+        }
+    });
+    let mut cfg = ClusterConfig::new(9, 3, 0, 0);
+    cfg.msg_delay = (Duration::from_millis(5), Duration::from_millis(5));
+    cfg.store_delay = (Duration::from_millis(10), Duration::from_millis(10));
+    let (mut c, log) = cluster_with(cfg, react);
+    c.run_until(at(3000));
+    let rejected: Vec<_> = log
+        .all()
+        .into_iter()
+        .filter(|l| matches!(l.call, Call::AdvanceRejected(_)))
+        .collect();
+    assert_eq!(
+        rejected.len(),
+        1,
+        "exactly one advance from 0 lost: {rejected:?}"
+    );
+    assert_eq!(rejected[0].call, Call::AdvanceRejected(Epoch(0)));
+    for t in [T0, T1, T2] {
+        assert_eq!(
+            c.node(primary(&c, t)).map(|x| x.epoch()),
+            Some(Epoch(1)),
+            "the job is at epoch 1, not 2"
+        );
+    }
+    no_violations(&mut c);
+}
+
+#[test]
+fn s10_epochs_once_in_order_and_promoted_node_starts_at_current() {
+    let react: React = Arc::new(|_, call, ctx| {
+        if let Call::EpochChanged(e) = call {
+            if ctx.task() == T0 && (1..5).contains(&e.0) {
+                ctx.advance_epoch();
+            }
+        }
+    });
+    let (mut c, log) = cluster(3, 1, 0, react);
+    c.run_until(at(1000));
+    set_epoch(&mut c, 1);
+    c.run_until(at(2000));
+    let epochs = |node: NodeId| -> Vec<u64> {
+        log.of_node(node)
+            .into_iter()
+            .filter_map(|c| {
+                if let Call::EpochChanged(e) = c {
+                    Some(e.0)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    };
+    for t in [T0, T1, T2] {
+        assert_eq!(epochs(primary(&c, t)), vec![0, 1, 2, 3, 4, 5], "{t}");
+    }
+    let old = primary(&c, T1);
+    c.crash(old);
+    c.run_until(at(8000));
+    let new = primary(&c, T1);
+    assert_eq!(
+        log.of_node(new),
+        vec![
+            Call::Init { primary: false },
+            Call::BecameStandby,
+            Call::BecamePrimary,
+            Call::EpochChanged(Epoch(5))
+        ]
+    );
+    no_violations(&mut c);
+}
+
+#[test]
+fn s11_after_an_epoch_change_old_meta_and_requests_are_dropped() {
+    // t1 asks t0 for data in epoch 0; t0 holds the request and advances
+    // instead; its late answer must not reach t1.
+    let held: Arc<Mutex<Vec<ServeId>>> = Arc::default();
+    let h = held.clone();
+    let react: React = Arc::new(move |_, call, ctx| match call {
+        Call::EpochChanged(Epoch(0)) if ctx.task() == T1 => {
+            ctx.request_data(T0, meta("q"));
+        }
+        Call::Serve { id, .. } => {
+            if let Ok(mut v) = h.lock() {
+                v.push(*id);
+            }
+            ctx.advance_epoch();
+        }
+        Call::EpochChanged(Epoch(1)) if ctx.task() == T0 => {
+            for id in h.lock().map(|v| v.clone()).unwrap_or_default() {
+                ctx.respond(id, meta("late"));
+            }
+        }
+        _ => {}
+    });
+    let (mut c, log) = cluster(3, 0, 0, react);
+    c.run_until(at(2000));
+    assert_eq!(held.lock().map(|v| v.len()).unwrap_or(0), 1, "served once");
+    let p1 = primary(&c, T1);
+    assert!(
+        !log.of_node(p1)
+            .iter()
+            .any(|c| matches!(c, Call::DataReady { .. })),
+        "no answer from epoch 0"
+    );
+    assert_eq!(c.node(p1).map(|x| x.epoch()), Some(Epoch(1)));
+    // A meta flag tagged epoch 0 arriving now is dropped.
+    let (p0, before) = (primary(&c, T0), log.of_node(p1).len());
+    let stale = Envelope {
+        version: PROTOCOL_VERSION,
+        job: job_tag("sim"),
+        from_node: p0,
+        from_session: SessionId(999_999),
+        seq: 1,
+        from_task: T0,
+        incarnation: incarnation(&c, T0),
+        epoch: Epoch(0),
+        to_task: T1,
+        to_incarnation: incarnation(&c, T1),
+        body: Body::Meta {
+            direction: Direction::ToChildren,
+            flag: 0,
+            meta: meta("old"),
+        },
+    };
+    c.inject_message(p0, p1, stale);
+    assert_eq!(log.of_node(p1).len(), before);
+    assert_eq!(
+        c.events().last().map(|e| e.2.clone()),
+        Some(Event::MessageDropped {
+            from: p0,
+            reason: DropReason::StaleEpoch
+        })
+    );
+    no_violations(&mut c);
+}
+
+#[test]
+fn s12_meta_reaches_every_receiver_incarnation_once() {
+    let react: React = Arc::new(|_, call, ctx| {
+        if *call == Call::EpochChanged(Epoch(0)) && ctx.task() == T0 {
+            ctx.flag_meta_to_children(meta("m"));
+        }
+    });
+    let (mut c, log) = cluster(2, 1, 0, react);
+    c.run_until(at(1000));
+    let old = primary(&c, T1);
+    c.crash(old);
+    c.run_until(at(8000));
+    let new = primary(&c, T1);
+    assert_ne!(old, new);
+    let metas = |node| {
+        log.of_node(node)
+            .into_iter()
+            .filter(|c| matches!(c, Call::ParentMeta(..)))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(metas(old), vec![Call::ParentMeta(T0, meta("m"))]);
+    assert_eq!(
+        metas(new),
+        vec![Call::ParentMeta(T0, meta("m"))],
+        "re-sent to the promoted standby"
+    );
+    no_violations(&mut c);
+}
+
+#[test]
+fn s13_data_request_round_trip_with_payload_unchanged() {
+    let payload = Bytes::from(
+        (0..200_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let p = payload.clone();
+    let react: React = Arc::new(move |_, call, ctx| match call {
+        Call::EpochChanged(Epoch(0)) if ctx.task() == T1 => {
+            ctx.request_data(T0, meta("q"));
+        }
+        Call::Serve {
+            id,
+            req,
+            from,
+            link,
+        } => {
+            assert_eq!((*from, *link, req.clone()), (T1, Link::Child, meta("q")));
+            ctx.respond(*id, p.clone());
+        }
+        _ => {}
+    });
+    let (mut c, log) = cluster(2, 0, 0, react);
+    c.run_until(at(1000));
+    let got: Vec<Call> = log
+        .of_node(primary(&c, T1))
+        .into_iter()
+        .filter(|c| matches!(c, Call::DataReady { .. }))
+        .collect();
+    assert_eq!(
+        got,
+        vec![Call::DataReady {
+            from: T0,
+            id: RequestId(0),
+            req: meta("q"),
+            resp: payload
+        }]
+    );
+    no_violations(&mut c);
+}
+
+#[test]
+fn s14_request_follows_failover_and_is_answered_once() {
+    // t0's first primary (node 1) never answers; after it crashes the
+    // request is re-sent with the same id to the promoted standby.
+    let react: React = Arc::new(|node, call, ctx| match call {
+        Call::EpochChanged(Epoch(0)) if ctx.task() == T1 => {
+            ctx.request_data(T0, meta("q"));
+        }
+        Call::Serve { id, .. } if node != NodeId(1) => ctx.respond(*id, meta("a")),
+        _ => {}
+    });
+    let (mut c, log) = cluster(2, 1, 0, react);
+    c.run_until(at(1000));
+    c.crash(n(1));
+    c.run_until(at(8000));
+    let requester = primary(&c, T1);
+    let data: Vec<Call> = log
+        .of_node(requester)
+        .into_iter()
+        .filter(|c| matches!(c, Call::DataReady { .. }))
+        .collect();
+    assert_eq!(
+        data,
+        vec![Call::DataReady {
+            from: T0,
+            id: RequestId(0),
+            req: meta("q"),
+            resp: meta("a")
+        }]
+    );
+    let serves = |node| {
+        log.of_node(node)
+            .into_iter()
+            .filter(|c| matches!(c, Call::Serve { .. }))
+            .count()
+    };
+    assert_eq!(
+        (serves(n(1)), serves(n(3))),
+        (1, 1),
+        "served once per server incarnation"
+    );
+    no_violations(&mut c);
+}
+
+#[test]
+fn s14_lost_reply_is_resent_from_the_cache_not_served_again() {
+    let react: React = Arc::new(|_, call, ctx| match call {
+        Call::EpochChanged(Epoch(1)) if ctx.task() == T1 => {
+            ctx.request_data(T0, meta("q"));
+        }
+        Call::Serve { id, .. } => ctx.respond(*id, meta("a")),
+        _ => {}
+    });
+    let (mut c, log) = cluster(2, 0, 0, react);
+    c.run_until(at(1000));
+    // Cut t0 -> t1, then start the epoch in which t1 asks: the reply cannot get through.
+    c.partition_link(n(1), n(2), true);
+    set_epoch(&mut c, 1);
+    c.run_until(at(2000));
+    let p1 = primary(&c, T1);
+    assert!(
+        !log.of_node(p1)
+            .iter()
+            .any(|c| matches!(c, Call::DataReady { .. })),
+        "reply lost"
+    );
+    c.heal();
+    c.run_until(at(4000));
+    let data = log
+        .of_node(p1)
+        .into_iter()
+        .filter(|c| matches!(c, Call::DataReady { .. }))
+        .count();
+    let serves = log
+        .of_node(n(1))
+        .into_iter()
+        .filter(|c| matches!(c, Call::Serve { .. }))
+        .count();
+    assert_eq!((data, serves), (1, 1), "answered once, served once");
+    no_violations(&mut c);
+}
+
+#[test]
+fn s15_server_behind_holds_the_request_until_it_catches_up() {
+    let (mut c, log) = cluster(
+        2,
+        0,
+        0,
+        Arc::new(|_, call, ctx| {
+            if let Call::Serve { id, .. } = call {
+                ctx.respond(*id, meta("a"));
+            }
+        }),
+    );
+    c.run_until(at(1000));
+    let (p0, p1) = (primary(&c, T0), primary(&c, T1));
+    let request = |epoch: u64, seq: u64, inc: Incarnation, to_inc: Incarnation| Envelope {
+        version: PROTOCOL_VERSION,
+        job: job_tag("sim"),
+        from_node: p1,
+        from_session: SessionId(999_999),
+        seq,
+        from_task: T1,
+        incarnation: inc,
+        epoch: Epoch(epoch),
+        to_task: T0,
+        to_incarnation: to_inc,
+        body: Body::Request {
+            id: RequestId(77),
+            req: meta("ahead"),
+        },
+    };
+    let (i0, i1) = (incarnation(&c, T0), incarnation(&c, T1));
+    c.inject_message(p1, p0, request(1, 1, i1, i0));
+    assert!(
+        !log.of_node(p0)
+            .iter()
+            .any(|c| matches!(c, Call::Serve { .. })),
+        "held while behind"
+    );
+    // An operator moves the job to epoch 1.
+    set_epoch(&mut c, 1);
+    c.run_until(at(2000));
+    let calls = log.of_node(p0);
+    let epoch1 = calls
+        .iter()
+        .position(|c| *c == Call::EpochChanged(Epoch(1)))
+        .expect("epoch 1 delivered");
+    let served = calls
+        .iter()
+        .position(|c| matches!(c, Call::Serve { req, .. } if *req == meta("ahead")));
+    assert_eq!(served, Some(epoch1 + 1), "served right after catching up");
+    // A server ahead answers EpochMismatch (the requester drops it).
+    c.inject_message(p1, p0, request(0, 2, i1, i0));
+    assert_eq!(
+        c.events().last().map(|e| e.2.clone()),
+        Some(Event::MessageDropped {
+            from: p1,
+            reason: DropReason::StaleEpoch
+        })
+    );
+    assert_eq!(
+        log.of_node(p0)
+            .iter()
+            .filter(|c| matches!(c, Call::Serve { .. }))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn s16_events_from_one_sender_arrive_in_order() {
+    let react: React = Arc::new(|_, call, ctx| {
+        if *call == Call::EpochChanged(Epoch(0)) && ctx.task() == T0 {
+            for m in ["a", "b", "c", "d"] {
+                ctx.flag_meta_to_children(meta(m));
+            }
+        }
+    });
+    let (mut c, log) = cluster(3, 0, 0, react);
+    c.run_until(at(1000));
+    for t in [T1, T2] {
+        let metas: Vec<Call> = log
+            .of_node(primary(&c, t))
+            .into_iter()
+            .filter(|c| matches!(c, Call::ParentMeta(..)))
+            .collect();
+        assert_eq!(
+            metas,
+            ["a", "b", "c", "d"]
+                .map(|m| Call::ParentMeta(T0, meta(m)))
+                .to_vec()
+        );
+    }
+    no_violations(&mut c);
+}
+
+#[test]
+fn s17_standby_applies_updates_in_order_and_continues_after_promotion() {
+    let react: React = Arc::new(|_, call, ctx| {
+        if *call == Call::EpochChanged(Epoch(0)) && ctx.task() == T0 && ctx.is_primary() {
+            for u in ["1", "2", "3"] {
+                ctx.replicate(meta(u));
+            }
+        }
+    });
+    let (mut c, log) = cluster(2, 1, 0, react);
+    c.run_until(at(1000));
+    c.crash(n(1));
+    c.run_until(at(8000));
+    assert_eq!(c.primary_of(T0), Some(n(3)));
+    assert_eq!(
+        log.of_node(n(3)),
+        vec![
+            Call::Init { primary: false },
+            Call::BecameStandby,
+            Call::Replica(meta("1")),
+            Call::Replica(meta("2")),
+            Call::Replica(meta("3")),
+            Call::BecamePrimary,
+            Call::EpochChanged(Epoch(0)),
+        ]
+    );
+    no_violations(&mut c);
+}
+
+#[test]
+fn s18_exit_job_stops_every_node_and_a_late_node_returns_at_once() {
+    let react: React = Arc::new(|_, call, ctx| {
+        if *call == Call::EpochChanged(Epoch(1)) && ctx.task() == T1 {
+            ctx.exit_job("done");
+        }
+    });
+    let (mut c, log) = cluster(3, 1, 1, react);
+    c.run_until(at(1000));
+    set_epoch(&mut c, 1);
+    c.run_until(at(2000));
+    let reason = ExitReason::Completed("done".into());
+    for id in c.node_ids() {
+        assert!(!c.is_up(id), "{id} stopped");
+        assert_eq!(c.node(id).and_then(|x| x.exit_reason()), Some(&reason));
+        let exits = log
+            .of_node(id)
+            .into_iter()
+            .filter(|c| matches!(c, Call::Exit(_)))
+            .count();
+        let expected = usize::from(id.0 <= 6);
+        assert_eq!(
+            exits, expected,
+            "{id}: exit called once on nodes holding a task, never on spares"
+        );
+    }
+    let late = c.add_node();
+    c.run_until(at(3000));
+    assert!(
+        c.node(late).is_some_and(|x| x.is_stopped()),
+        "a node started after the exit stops"
+    );
+    assert!(log.of_node(late).is_empty(), "without init");
+    assert_eq!(c.node(late).and_then(|x| x.exit_reason()), Some(&reason));
+}
+
+#[test]
+fn s19_bad_config_and_topology_are_typed_errors() {
+    let topo = Arc::new(TreeTopology::new(2, 3).expect("valid"));
+    let mut cfg = NodeConfig::new(n(1), "job", "addr", 3, 1);
+    cfg.ttl = Duration::from_millis(1500);
+    let err = Node::new(
+        Instant::ZERO,
+        cfg,
+        topo.clone(),
+        Box::new(|_| -> Box<dyn Task> { unreachable!() }),
+    );
+    assert!(
+        matches!(&err, Err(NodeError::Config(e)) if e.to_string().contains("ttl")),
+        "{err:?}"
+    );
+    let cfg = NodeConfig::new(n(1), "job", "addr", 4, 1);
+    let err = Node::new(
+        Instant::ZERO,
+        cfg,
+        topo,
+        Box::new(|_| -> Box<dyn Task> { unreachable!() }),
+    );
+    assert!(
+        matches!(
+            err,
+            Err(NodeError::TaskCount {
+                topology: 3,
+                config: 4
+            })
+        ),
+        "{err:?}"
+    );
+    let asym = topology::ExplicitTopology::new(2, vec![vec![], vec![T0]], vec![vec![], vec![]]);
+    let cfg = NodeConfig::new(n(1), "job", "addr", 2, 0);
+    let err = Node::new(
+        Instant::ZERO,
+        cfg,
+        Arc::new(asym),
+        Box::new(|_| -> Box<dyn Task> { unreachable!() }),
+    );
+    assert!(
+        matches!(
+            err,
+            Err(NodeError::Topology(TopologyError::Asymmetric { .. }))
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn s19_foreign_job_and_undecodable_store_values_are_dropped_with_a_warning() {
+    let (mut c, log) = cluster(2, 0, 0, quiet());
+    c.run_until(at(1000));
+    let (p0, p1) = (primary(&c, T0), primary(&c, T1));
+    let before = log.of_node(p1).len();
+    let foreign = Envelope {
+        version: PROTOCOL_VERSION,
+        job: job_tag("another-job"),
+        from_node: p0,
+        from_session: SessionId(5),
+        seq: 1,
+        from_task: T0,
+        incarnation: incarnation(&c, T0),
+        epoch: Epoch(0),
+        to_task: T1,
+        to_incarnation: incarnation(&c, T1),
+        body: Body::Meta {
+            direction: Direction::ToChildren,
+            flag: 0,
+            meta: meta("x"),
+        },
+    };
+    c.inject_message(p0, p1, foreign.clone());
+    assert_eq!(
+        c.events().last().map(|e| e.2.clone()),
+        Some(Event::MessageDropped {
+            from: p0,
+            reason: DropReason::ForeignJob
+        })
+    );
+    let newer = Envelope {
+        version: PROTOCOL_VERSION + 1,
+        job: job_tag("sim"),
+        ..foreign
+    };
+    c.inject_message(p0, p1, newer);
+    assert_eq!(
+        c.events().last().map(|e| e.2.clone()),
+        Some(Event::MessageDropped {
+            from: p0,
+            reason: DropReason::ForeignJob
+        })
+    );
+    assert_eq!(log.of_node(p1).len(), before);
+    // Garbage written to the store under the job's keys.
+    c.store_apply(store::StoreOp::Put {
+        key: "/taskgraph/sim/tasks/1/standby/0".into(),
+        value: Bytes::from_static(b"\xff{"),
+        lease: 0,
+    })
+    .expect("store accepts the put");
+    c.store_apply(store::StoreOp::Put {
+        key: "/taskgraph/sim/epoch".into(),
+        value: Bytes::from_static(b"seven"),
+        lease: 0,
+    })
+    .expect("store accepts the put");
+    c.run_until(at(2000));
+    let bad: Vec<String> = c
+        .events()
+        .iter()
+        .filter_map(|(_, node, e)| match e {
+            Event::BadStoreValue { key } if *node == p1 => Some(key.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        bad,
+        vec![
+            "/taskgraph/sim/tasks/1/standby/0".to_string(),
+            "/taskgraph/sim/epoch".to_string()
+        ]
+    );
+    assert_eq!(c.primary_of(T1), Some(p1), "the node keeps running");
+    assert_eq!(c.node(p1).map(|x| x.epoch()), Some(Epoch(0)));
+}
+
+#[test]
+fn s19_node_with_another_job_spec_refuses_to_join() {
+    let (mut c, log) = cluster(2, 0, 0, quiet());
+    c.run_until(at(1000));
+    let spec = JobSpec {
+        num_tasks: 2,
+        standbys_per_task: 3,
+        protocol_version: PROTOCOL_VERSION,
+        topology: "tree(fanout=2,tasks=2)".into(),
+    };
+    c.store_apply(store::StoreOp::Put {
+        key: "/taskgraph/sim/config".into(),
+        value: Bytes::from(serde_json::to_vec(&spec).expect("spec encodes")),
+        lease: 0,
+    })
+    .expect("store accepts the put");
+    let late = c.add_node();
+    c.run_until(at(2000));
+    assert!(c.node(late).is_some_and(|x| x.is_stopped()));
+    assert!(log.of_node(late).is_empty());
+    let refused = c.events().iter().any(|(_, node, e)| {
+        *node == late
+            && matches!(e, Event::Refused { detail } if detail.contains("standbys_per_task: 3"))
+    });
+    assert!(refused, "refused with a message naming the spec");
+}
