@@ -46,8 +46,10 @@ pub struct Envelope {
     pub epoch: Epoch,
     /// Receiving task.
     pub to_task: TaskId,
-    /// The receiving task's incarnation as the sender knows it (0 for
-    /// replication, which goes to standbys).
+    /// The store revision at which the receiver took the role the message
+    /// is for: the receiving task's primary incarnation, or for replication
+    /// the create revision of the standby's key. A receiver whose view has
+    /// not reached it yet holds the message until it has.
     pub to_incarnation: Incarnation,
     /// What the message says.
     pub body: Body,

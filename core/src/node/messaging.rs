@@ -171,9 +171,10 @@ impl Node {
         }
         let standby_there = self.view.standbys[task.index()]
             .values()
-            .any(|e| e.record.node == n);
-        if standby_there {
-            self.send_replica_log(n);
+            .find(|e| e.record.node == n)
+            .map(|e| e.create_revision);
+        if let Some(since) = standby_there {
+            self.send_replica_log(n, since);
         }
     }
 
@@ -215,9 +216,10 @@ impl Node {
         }
     }
 
-    /// Sends the whole replication log of this incarnation to `n`; the
-    /// standby skips what it already applied.
-    pub(super) fn send_replica_log(&mut self, n: NodeId) {
+    /// Sends the whole replication log of this incarnation to the standby on
+    /// `n` that took its slot at revision `since`; the standby skips what it
+    /// already applied.
+    pub(super) fn send_replica_log(&mut self, n: NodeId, since: i64) {
         let Some((task, _)) = self.primary_of() else {
             return;
         };
@@ -226,7 +228,7 @@ impl Node {
             if !self.send(
                 n,
                 task,
-                Incarnation(0),
+                Incarnation(since),
                 Body::Replica {
                     seq: i as u64 + 1,
                     data,
@@ -323,15 +325,15 @@ impl Node {
         };
         self.primary.replica_log.push(data.clone());
         let seq = self.primary.replica_log.len() as u64;
-        let standbys: Vec<NodeId> = self.view.standbys[task.index()]
+        let standbys: Vec<(NodeId, i64)> = self.view.standbys[task.index()]
             .values()
-            .map(|e| e.record.node)
+            .map(|e| (e.record.node, e.create_revision))
             .collect();
-        for n in standbys {
+        for (n, since) in standbys {
             self.send(
                 n,
                 task,
-                Incarnation(0),
+                Incarnation(since),
                 Body::Replica {
                     seq,
                     data: data.clone(),
@@ -378,12 +380,18 @@ impl Node {
         }
         *highest = msg.incarnation;
         let to = msg.to_task;
+        // `to_incarnation` is the store revision at which the receiver took
+        // the role the sender addresses. If this node's view has not reached
+        // it yet, the role may be ours and we do not know it: hold.
+        let ahead = msg.to_incarnation.0 > self.view.revision;
         if let Body::Replica { seq, data } = msg.body {
             return match self.role {
-                Role::Standby { task, .. } if task == to && msg.from_task == to => {
+                Role::Standby { task, since, .. }
+                    if task == to && msg.from_task == to && since == msg.to_incarnation.0 =>
+                {
                     self.apply_replica(now, msg.incarnation, seq, data)
                 }
-                Role::Spare if self.claiming(to) => {
+                _ if ahead => {
                     let body = Body::Replica { seq, data };
                     self.hold(from, Envelope { body, ..msg })
                 }
@@ -391,16 +399,17 @@ impl Node {
             };
         }
         let (task, inc) = match self.role {
-            Role::Primary { task, incarnation } if task == to => (task, incarnation),
-            Role::Standby { task, .. } if task == to => return self.hold(from, msg),
-            Role::Spare if self.claiming(to) => return self.hold(from, msg),
+            Role::Primary { task, incarnation }
+                if task == to && incarnation == msg.to_incarnation =>
+            {
+                (task, incarnation)
+            }
+            // Meant for a role this node may be about to learn it holds.
+            _ if ahead => return self.hold(from, msg),
+            // Meant for an earlier primary of the task, or for another node;
+            // the sender resends when it learns the current primary.
             _ => return self.drop_msg(from, DropReason::NotForMe),
         };
-        if msg.to_incarnation != inc {
-            // Meant for an earlier primary of this task; the sender resends
-            // when it learns of this incarnation.
-            return self.drop_msg(from, DropReason::NotForMe);
-        }
         let epoch = self.primary.epoch.unwrap_or(self.view.epoch);
         if msg.epoch > epoch {
             return self.hold(from, msg);

@@ -27,16 +27,6 @@ impl Node {
         })
     }
 
-    /// Whether a claim on `task` is in flight (messages for it are held).
-    pub(super) fn claiming(&self, task: TaskId) -> bool {
-        self.op_in_flight(|k| match k {
-            OpKind::ClaimPrimary { task: t, .. } | OpKind::ClaimStandby { task: t, .. } => {
-                *t == task
-            }
-            _ => false,
-        })
-    }
-
     /// Reacts to one change of the store view.
     pub(super) fn on_change(&mut self, now: Instant, change: Change) {
         match change {
@@ -75,7 +65,7 @@ impl Node {
                         self.become_standby(now, t, slot, e.create_revision);
                     }
                 } else if self.primary_of().map(|(task, _)| task) == Some(t) {
-                    self.send_replica_log(e.record.node);
+                    self.send_replica_log(e.record.node, e.create_revision);
                 }
             }
             Change::StandbyDown(t, slot, e) => {

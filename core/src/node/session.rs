@@ -404,6 +404,10 @@ impl Node {
             .filter(|e| e.kv.mod_revision > base)
             .collect();
         self.apply_events(now, events);
+        if !self.held.is_empty() && self.view.revision > base && self.phase == Phase::Running {
+            // Messages held for a revision the view has now reached.
+            self.release_held(now);
+        }
         if resp.canceled {
             self.watch = None;
             if resp.compact_revision.is_some() {

@@ -206,6 +206,10 @@ pub struct ScheduleOutcome {
     pub steps: u64,
     /// What the checker saw delivered.
     pub delivered: super::Delivered,
+    /// The readable trace, if the cluster config asked to record it.
+    pub trace: Vec<super::TraceEntry>,
+    /// Every event the nodes reported, with time and node.
+    pub events: Vec<(Instant, NodeId, crate::Event)>,
 }
 
 impl ScheduleOutcome {
@@ -411,6 +415,12 @@ pub fn run_schedule(cfg: &ScheduleConfig, schedule: &Schedule) -> ScheduleOutcom
         finished_at: cluster.now(),
         steps: cluster.steps(),
         delivered: cluster.checker().delivered().clone(),
+        trace: cluster.trace().to_vec(),
+        events: if cfg.cluster.record_trace {
+            cluster.events().to_vec()
+        } else {
+            Vec::new()
+        },
     }
 }
 
