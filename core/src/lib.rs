@@ -1,4 +1,95 @@
 //! taskgraph-core: the sans-IO state machine of taskgraph.
+//!
+//! taskgraph runs an application that is a network of **tasks** connected by a
+//! per-epoch **topology** of parents and children. Every task has a primary
+//! node and hot standbys; when a primary dies its neighbours hear of it, a
+//! standby (or a spare node) takes over, and a stale primary is fenced. This
+//! crate is the whole of that logic as one deterministic state machine: no
+//! sockets, no clock, no threads, no randomness.
+//!
+//! ```text
+//!   application    Task callbacks  <───  Context commands
+//!                        │                      ▲
+//!   ─────────────────────┼──────────────────────┼────────────  taskgraph-core
+//!                        ▼                      │
+//!   Node::handle_*(now, …)  ──►  [ Node: view of the store, role, epoch,  ]
+//!   (store results & events,     [ flags, requests, replication, fencing ]
+//!    messages, disconnects,                     │
+//!    timeouts)                                  ▼
+//!                              Node::poll_action() / poll_timeout()
+//!   ─────────────────────────────────────────────────────────────  driver
+//!   a runtime (etcd + TCP), or the in-memory harness of `testkit`
+//! ```
+//!
+//! # Driving a node
+//!
+//! Feed inputs with the `handle_*` methods of [`Node`], each taking `now`;
+//! **after every input, drain every [`Action`] with [`Node::poll_action`]**
+//! before the next input, then arm a timer for [`Node::poll_timeout`]. The
+//! coordination store's semantics are those of etcd v3; [`store::MemStore`] is
+//! an in-memory model of it and [`store::conformance`] a suite any
+//! implementation must pass.
+//!
+//! # Example
+//!
+//! A two-task job (task 0 is the parent of task 1) whose child asks its
+//! parent for data, run on the in-memory harness:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use std::sync::{Arc, Mutex};
+//! use taskgraph_core::testkit::{Cluster, ClusterConfig};
+//! use taskgraph_core::*;
+//!
+//! struct Sum {
+//!     answers: Arc<Mutex<Vec<Bytes>>>,
+//! }
+//!
+//! impl Task for Sum {
+//!     fn epoch_changed(&mut self, ctx: &mut Context, _epoch: Epoch) {
+//!         if ctx.task() == TaskId(1) {
+//!             ctx.request_data(TaskId(0), "what is 6 x 7?");
+//!         }
+//!     }
+//!     fn serve(&mut self, ctx: &mut Context, _from: TaskId, _link: Link, id: ServeId, _req: Bytes) {
+//!         ctx.respond(id, "42");
+//!     }
+//!     fn data_ready(&mut self, ctx: &mut Context, _from: TaskId, _id: RequestId, _req: Bytes, resp: Bytes) {
+//!         self.answers.lock().unwrap().push(resp);
+//!         ctx.exit_job("answered");
+//!     }
+//! }
+//!
+//! let answers = Arc::new(Mutex::new(Vec::new()));
+//! let a = answers.clone();
+//! let topology = Arc::new(TreeTopology::new(1, 2).unwrap());
+//! // Two tasks, one standby each, no spares; one seed decides everything.
+//! let mut cluster = Cluster::new(
+//!     ClusterConfig::new(42, 2, 1, 0),
+//!     topology,
+//!     Box::new(move |_node| {
+//!         let a = a.clone();
+//!         Box::new(move |_task| Box::new(Sum { answers: a.clone() }) as Box<dyn Task>)
+//!     }),
+//! );
+//! cluster.run_until(Instant::from_millis(5_000));
+//! assert_eq!(*answers.lock().unwrap(), vec![Bytes::from("42")]);
+//! let node = cluster.node(NodeId(1)).unwrap();
+//! assert_eq!(node.exit_reason(), Some(&ExitReason::Completed("answered".into())));
+//! assert!(cluster.finish().is_empty(), "no contract violation");
+//! ```
+//!
+//! # Layout
+//!
+//! - [`node`](Node): the state machine; one file per concern (session and
+//!   lease, roles and epochs, messaging, application calls).
+//! - [`task`]: what an application writes ([`Task`], [`TaskBuilder`],
+//!   [`Context`]).
+//! - [`topology`]: [`Topology`], [`TreeTopology`], [`FullTopology`].
+//! - [`store`]: store operations, [`store::MemStore`], the conformance suite.
+//! - [`keys`]: the store key layout; [`wire`]: messages between nodes.
+//! - [`testkit`]: the in-memory cluster harness, its checker and fault
+//!   schedules, and the tree aggregation application.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
