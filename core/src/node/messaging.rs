@@ -41,7 +41,6 @@ impl Node {
         match self.peers.get(&n) {
             Some(p) if p.session == session => p.open,
             _ => {
-                let next_seq = self.peers.get(&n).map_or(1, |p| p.next_seq);
                 self.peers.insert(
                     n,
                     Peer {
@@ -49,7 +48,6 @@ impl Node {
                         open: true,
                         retry_at: None,
                         backoff: self.cfg.backoff,
-                        next_seq,
                     },
                 );
                 self.actions.push_back(Action::Connect { node: n, addr });
@@ -72,11 +70,11 @@ impl Node {
         if !self.sendable(to) {
             return false;
         }
-        let Some(peer) = self.peers.get_mut(&to) else {
-            return false;
-        };
-        let seq = peer.next_seq;
-        peer.next_seq += 1;
+        // One counter for every message this node sends, never reset: the
+        // messages to any one receiver form an increasing sequence, even
+        // across sessions of either side.
+        self.out_seq += 1;
+        let seq = self.out_seq;
         let msg = Envelope {
             version: PROTOCOL_VERSION,
             job: self.job_tag,

@@ -159,7 +159,6 @@ struct Peer {
     open: bool,
     retry_at: Option<Instant>,
     backoff: Duration,
-    next_seq: u64,
 }
 
 /// Counters of what a node did, for benchmarks and tests.
@@ -214,6 +213,8 @@ pub struct Node {
 
     peers: BTreeMap<NodeId, Peer>,
     inbound_seq: BTreeMap<(NodeId, SessionId), u64>,
+    /// Sequence number of the last message sent (S16).
+    out_seq: u64,
     highest: Vec<Incarnation>,
     /// Per task, the highest incarnation seen to die: its messages are fenced.
     dead_upto: Vec<Incarnation>,
@@ -305,6 +306,7 @@ impl Node {
             standby: StandbyState::default(),
             peers: BTreeMap::new(),
             inbound_seq: BTreeMap::new(),
+            out_seq: 0,
             highest: vec![Incarnation(0); cfg.num_tasks as usize],
             dead_upto: vec![Incarnation(0); cfg.num_tasks as usize],
             held: VecDeque::new(),
