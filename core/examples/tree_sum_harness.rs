@@ -6,6 +6,7 @@
 //! cargo run --release -p taskgraph-core --example tree_sum_harness              # one run, seed 1
 //! cargo run --release -p taskgraph-core --example tree_sum_harness -- --seed 7  # another schedule
 //! cargo run --release -p taskgraph-core --example tree_sum_harness -- --sweep 2000 --from 0
+//! cargo run --release -p taskgraph-core --example tree_sum_harness -- --seed 7 --trace  # every step
 //! ```
 //!
 //! The production runtime (etcd + TCP) replaces this harness as the main
@@ -27,7 +28,7 @@ fn arg(args: &[String], name: &str) -> Option<u64> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: tree_sum_harness [--seed S] | [--sweep N [--from S]]");
+        println!("usage: tree_sum_harness [--seed S [--trace]] | [--sweep N [--from S]]");
         return ExitCode::SUCCESS;
     }
     let cfg = ScheduleConfig::tree15();
@@ -45,6 +46,16 @@ fn main() -> ExitCode {
     let started = WallClock::now();
     let out = run_schedule(&rec, &schedule);
     let wall = started.elapsed();
+    if args.iter().any(|a| a == "--trace") {
+        for t in &out.trace {
+            println!(
+                "{} {} {}",
+                t.at,
+                t.node.map_or("store".to_string(), |n| n.to_string()),
+                t.what
+            );
+        }
+    }
     let mut failovers = 0;
     for (at, node, ev) in &out.events {
         match ev {
