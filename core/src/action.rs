@@ -227,6 +227,7 @@ pub enum Event {
 
 /// Why a message was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum DropReason {
     /// Another job, or another protocol version.
     ForeignJob,
@@ -238,8 +239,12 @@ pub enum DropReason {
     StaleEpoch,
     /// Addressed to a task or incarnation this node does not hold.
     NotForMe,
-    /// Too many messages held for a later epoch or role.
+    /// Too many messages held for a later epoch or role; the oldest went.
     HoldFull,
+    /// Held for a later epoch or role longer than twice the TTL.
+    HoldExpired,
+    /// The message names a sender other than the connection's peer.
+    Impostor,
     /// Not consistent with the topology (for example a meta flag from a task
     /// that is not a neighbour).
     NotNeighbour,

@@ -142,10 +142,10 @@ pub fn encode_epoch(epoch: Epoch) -> Bytes {
 pub fn decode_epoch(key: &str, value: &[u8]) -> Result<Epoch, ValueError> {
     std::str::from_utf8(value)
         .ok()
-        .and_then(|s| s.parse::<u64>().ok())
+        .and_then(|s| s.parse::<u64>().ok().filter(|n| n.to_string() == s))
         .map(Epoch)
         .ok_or_else(|| ValueError {
             key: key.to_string(),
-            reason: "not a decimal u64".into(),
+            reason: "not a canonical decimal u64".into(),
         })
 }

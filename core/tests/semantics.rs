@@ -1013,3 +1013,130 @@ fn s19_node_with_another_job_spec_refuses_to_join() {
     });
     assert!(refused, "refused with a message naming the spec");
 }
+
+/// A well-formed message for t1's primary from t0's primary, as node `from` sends it.
+fn meta_to_t1(
+    c: &Cluster,
+    from: NodeId,
+    session: SessionId,
+    seq: u64,
+    inc: Incarnation,
+    to_inc: Incarnation,
+) -> Envelope {
+    let _ = c;
+    Envelope {
+        version: PROTOCOL_VERSION,
+        job: job_tag("sim"),
+        from_node: from,
+        from_session: session,
+        seq,
+        from_task: T0,
+        incarnation: inc,
+        epoch: Epoch(0),
+        to_task: T1,
+        to_incarnation: to_inc,
+        body: Body::Meta {
+            direction: Direction::ToChildren,
+            flag: 9,
+            meta: meta("m"),
+        },
+    }
+}
+
+#[test]
+fn s19_forged_high_incarnation_does_not_fence_the_real_sender() {
+    let (mut c, log) = cluster(2, 0, 0, quiet());
+    c.run_until(at(1000));
+    let (p0, p1) = (primary(&c, T0), primary(&c, T1));
+    let (i0, i1) = (incarnation(&c, T0), incarnation(&c, T1));
+    // Claims t0 at an absurd incarnation, addressed to a role nobody holds.
+    let forged = meta_to_t1(
+        &c,
+        p0,
+        SessionId(900),
+        1,
+        Incarnation(i64::MAX),
+        Incarnation(1),
+    );
+    c.inject_message(p0, p1, forged);
+    assert_eq!(
+        c.events().last().map(|e| e.2.clone()),
+        Some(Event::MessageDropped {
+            from: p0,
+            reason: DropReason::NotForMe
+        })
+    );
+    let genuine = meta_to_t1(&c, p0, SessionId(901), 1, i0, i1);
+    c.inject_message(p0, p1, genuine);
+    assert_eq!(
+        log.of_node(p1).last(),
+        Some(&Call::ParentMeta(T0, meta("m"))),
+        "the real sender still gets through"
+    );
+}
+
+#[test]
+fn s19_message_naming_another_sender_than_its_connection_is_dropped() {
+    let (mut c, log) = cluster(2, 0, 0, quiet());
+    c.run_until(at(1000));
+    let (p0, p1) = (primary(&c, T0), primary(&c, T1));
+    let before = log.of_node(p1).len();
+    let msg = meta_to_t1(
+        &c,
+        p0,
+        SessionId(900),
+        1,
+        incarnation(&c, T0),
+        incarnation(&c, T1),
+    );
+    c.inject_message(NodeId(77), p1, msg);
+    assert_eq!(
+        c.events().last().map(|e| e.2.clone()),
+        Some(Event::MessageDropped {
+            from: NodeId(77),
+            reason: DropReason::Impostor
+        })
+    );
+    assert_eq!(log.of_node(p1).len(), before);
+}
+
+#[test]
+fn s19_messages_held_for_a_role_that_never_comes_expire() {
+    let (mut c, _log) = cluster(2, 0, 0, quiet());
+    c.run_until(at(1000));
+    let (p0, p1) = (primary(&c, T0), primary(&c, T1));
+    // Addressed to an incarnation far beyond the store's revision: held.
+    let msg = meta_to_t1(
+        &c,
+        p0,
+        SessionId(900),
+        1,
+        incarnation(&c, T0),
+        Incarnation(1_000_000),
+    );
+    c.inject_message(p0, p1, msg);
+    let held_at = c.now();
+    assert!(!c
+        .events()
+        .iter()
+        .any(|(t, _, e)| *t >= held_at && matches!(e, Event::MessageDropped { .. })));
+    c.run_until(at(7000));
+    let expired = c
+        .events()
+        .iter()
+        .find(|(_, node, e)| {
+            *node == p1
+                && *e
+                    == Event::MessageDropped {
+                        from: p0,
+                        reason: DropReason::HoldExpired,
+                    }
+        })
+        .map(|(t, _, _)| *t)
+        .expect("the held message expired");
+    let ttl = c.config().ttl;
+    assert!(
+        expired >= held_at + ttl * 2 && expired <= held_at + ttl * 2 + Duration::from_millis(600),
+        "expired at {expired}"
+    );
+}

@@ -362,6 +362,11 @@ impl Node {
         if msg.version != PROTOCOL_VERSION || msg.job != self.job_tag {
             return self.drop_msg(from, DropReason::ForeignJob);
         }
+        if msg.from_node != from {
+            // The connection's peer (authenticated by the driver) must be
+            // the sender the message names.
+            return self.drop_msg(from, DropReason::Impostor);
+        }
         if msg.from_task.0 >= self.cfg.num_tasks || msg.to_task.0 >= self.cfg.num_tasks {
             tracing::warn!(node = %self.cfg.node, %from, "message names a task out of range; dropped");
             return self.drop_msg(from, DropReason::NotForMe);
@@ -374,17 +379,17 @@ impl Node {
             return self.drop_msg(from, DropReason::OutOfOrder);
         }
         *last = msg.seq;
-        self.dispatch(now, from, msg);
+        self.dispatch(now, now, from, msg);
     }
 
     /// Routes an accepted message to the role it is for; holds it if this
     /// node is about to hold that role or reach that epoch.
-    fn dispatch(&mut self, now: Instant, from: NodeId, msg: Envelope) {
-        let highest = &mut self.highest[msg.from_task.index()];
-        if msg.incarnation < *highest || msg.incarnation <= self.dead_upto[msg.from_task.index()] {
+    fn dispatch(&mut self, now: Instant, arrived: Instant, from: NodeId, msg: Envelope) {
+        let fenced = msg.incarnation < self.highest[msg.from_task.index()]
+            || msg.incarnation <= self.dead_upto[msg.from_task.index()];
+        if fenced {
             return self.drop_msg(from, DropReason::Fenced);
         }
-        *highest = msg.incarnation;
         let to = msg.to_task;
         // `to_incarnation` is the store revision at which the receiver took
         // the role the sender addresses. If this node's view has not reached
@@ -395,11 +400,12 @@ impl Node {
                 Role::Standby { task, since, .. }
                     if task == to && msg.from_task == to && since == msg.to_incarnation.0 =>
                 {
-                    self.apply_replica(now, msg.incarnation, seq, data)
+                    self.accepted(msg.from_task, msg.incarnation);
+                    self.apply_replica(now, from, msg.incarnation, seq, data)
                 }
                 _ if ahead => {
                     let body = Body::Replica { seq, data };
-                    self.hold(from, Envelope { body, ..msg })
+                    self.hold(arrived, from, Envelope { body, ..msg })
                 }
                 _ => self.drop_msg(from, DropReason::NotForMe),
             };
@@ -411,14 +417,19 @@ impl Node {
                 (task, incarnation)
             }
             // Meant for a role this node may be about to learn it holds.
-            _ if ahead => return self.hold(from, msg),
+            _ if ahead => return self.hold(arrived, from, msg),
             // Meant for an earlier primary of the task, or for another node;
             // the sender resends when it learns the current primary.
             _ => return self.drop_msg(from, DropReason::NotForMe),
         };
         let epoch = self.primary.epoch.unwrap_or(self.view.epoch);
+        if msg.epoch >= epoch {
+            // Addressed to this node's role and not stale: from now on,
+            // older incarnations of the sender's task are fenced (S3).
+            self.accepted(msg.from_task, msg.incarnation);
+        }
         if msg.epoch > epoch {
-            return self.hold(from, msg);
+            return self.hold(arrived, from, msg);
         }
         if msg.epoch < epoch {
             if let Body::Request { id, .. } = msg.body {
@@ -565,9 +576,19 @@ impl Node {
         }
     }
 
+    /// Records that a message of `task`'s incarnation `inc` was accepted.
+    fn accepted(&mut self, task: TaskId, inc: Incarnation) {
+        if let Some(h) = self.highest.get_mut(task.index()) {
+            if inc > *h {
+                *h = inc;
+            }
+        }
+    }
+
     fn apply_replica(
         &mut self,
         now: Instant,
+        from: NodeId,
         from_incarnation: Incarnation,
         seq: u64,
         data: Bytes,
@@ -576,7 +597,7 @@ impl Node {
         if from_incarnation > inc {
             self.standby.applied = (from_incarnation, 0);
         } else if from_incarnation < inc {
-            return self.drop_msg(NodeId(0), crate::action::DropReason::Fenced);
+            return self.drop_msg(from, DropReason::Fenced);
         }
         let applied = if from_incarnation > inc { 0 } else { applied };
         if seq != applied + 1 {
@@ -594,21 +615,31 @@ impl Node {
         self.call(now, |t, ctx| t.replica_update(ctx, data));
     }
 
-    fn hold(&mut self, from: NodeId, msg: Envelope) {
+    fn hold(&mut self, arrived: Instant, from: NodeId, msg: Envelope) {
         if self.held.len() >= self.cfg.max_held_messages {
-            return self.drop_msg(from, DropReason::HoldFull);
+            // The oldest goes: a newer message is likelier to be wanted.
+            if let Some((_, old_from, _)) = self.held.pop_front() {
+                self.drop_msg(old_from, DropReason::HoldFull);
+            }
         }
-        self.held.push_back((from, msg));
+        self.held.push_back((arrived, from, msg));
     }
 
-    /// Re-dispatches held messages after a change of role or epoch.
+    /// Re-dispatches held messages after a change of role, epoch or view.
+    /// A message held for longer than twice the TTL is dropped: whatever it
+    /// waited for (a role, an epoch) would have come by then.
     pub(super) fn release_held(&mut self, now: Instant) {
         let held = std::mem::take(&mut self.held);
-        for (from, msg) in held {
+        let limit = self.cfg.ttl * 2;
+        for (since, from, msg) in held {
             if self.phase != Phase::Running {
                 return;
             }
-            self.dispatch(now, from, msg);
+            if now.saturating_duration_since(since) >= limit {
+                self.drop_msg(from, DropReason::HoldExpired);
+                continue;
+            }
+            self.dispatch(now, since, from, msg);
         }
     }
 }

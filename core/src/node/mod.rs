@@ -218,7 +218,8 @@ pub struct Node {
     highest: Vec<Incarnation>,
     /// Per task, the highest incarnation seen to die: its messages are fenced.
     dead_upto: Vec<Incarnation>,
-    held: VecDeque<(NodeId, Envelope)>,
+    /// Messages waiting for a role, epoch or revision: (arrival, peer, message).
+    held: VecDeque<(Instant, NodeId, Envelope)>,
 
     exit: Option<ExitReason>,
     stats: NodeStats,
@@ -385,6 +386,9 @@ impl Node {
                 min(r);
             }
         }
+        if let Some((arrived, _, _)) = self.held.front() {
+            min(*arrived + self.cfg.ttl * 2);
+        }
         t
     }
 
@@ -413,6 +417,13 @@ impl Node {
             self.retry(now);
         }
         self.retry_peers(now);
+        let expired = self
+            .held
+            .front()
+            .is_some_and(|(arrived, _, _)| now >= *arrived + self.cfg.ttl * 2);
+        if expired && self.phase == Phase::Running {
+            self.release_held(now);
+        }
     }
 
     /// The result of the store operation `id`.
