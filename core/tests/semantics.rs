@@ -249,6 +249,20 @@ fn s4_child_died_and_restarted_delivered_once_in_order() {
         after_start(&log, p0),
         vec![Call::ChildDied(T1), Call::ChildRestarted(T1)]
     );
+    // Latency in virtual time: the death is noticed when the lease expires
+    // (TTL after the last renewal), the restart one promotion later.
+    let restarted = c
+        .events()
+        .iter()
+        .find(|(_, node, e)| *node == p0 && matches!(e, Event::NeighbourRestarted { .. }))
+        .map(|(t, _, _)| *t)
+        .expect("restart reported");
+    let ttl = c.config().ttl;
+    let took = restarted.saturating_duration_since(at(1000));
+    assert!(
+        took > ttl - Duration::from_millis(600) && took < ttl + Duration::from_millis(300),
+        "crash to restarted: {took:?}"
+    );
     assert!(
         after_start(&log, p2).is_empty(),
         "t2 is not a neighbour of t1"
