@@ -17,7 +17,9 @@ fn base() -> &'static Base {
     static BASE: OnceLock<Base> = OnceLock::new();
     BASE.get_or_init(|| Base {
         tokio: tokio::time::Instant::now(),
-        unix: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default(),
+        unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default(),
     })
 }
 

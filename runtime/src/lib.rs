@@ -3,6 +3,12 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+mod driver;
 pub mod store;
+pub mod transport;
 
+pub use driver::{
+    run_node, spawn_node, EventSink, Kill, NodeExit, NodeHandle, NodeOptions, RuntimeError,
+    Shutdown,
+};
 pub use store::{MemStoreServer, Store, StoreFuture, WatchStream};

@@ -53,7 +53,10 @@ impl MemStoreServer {
     /// An empty store, with its lease-expiry task spawned.
     pub fn new() -> Self {
         let s = MemStoreServer {
-            state: Arc::new(Mutex::new(State { store: MemStore::new(), watchers: BTreeMap::new() })),
+            state: Arc::new(Mutex::new(State {
+                store: MemStore::new(),
+                watchers: BTreeMap::new(),
+            })),
             changed: Arc::new(Notify::new()),
         };
         let (state, changed) = (Arc::downgrade(&s.state), s.changed.clone());
@@ -108,7 +111,9 @@ impl Store for MemStoreServer {
     fn execute(&self, op: StoreOp) -> StoreFuture<'_, Result<StoreResponse, StoreError>> {
         Box::pin(async move {
             if matches!(op, StoreOp::Watch { .. } | StoreOp::CancelWatch { .. }) {
-                return Err(StoreError::InvalidRequest("use Store::watch for watches".into()));
+                return Err(StoreError::InvalidRequest(
+                    "use Store::watch for watches".into(),
+                ));
             }
             let r = {
                 let mut g = lock(&self.state);
@@ -121,15 +126,27 @@ impl Store for MemStoreServer {
         })
     }
 
-    fn watch(&self, prefix: String, start_revision: Revision) -> StoreFuture<'_, Result<WatchStream, StoreError>> {
+    fn watch(
+        &self,
+        prefix: String,
+        start_revision: Revision,
+    ) -> StoreFuture<'_, Result<WatchStream, StoreError>> {
         Box::pin(async move {
             let (tx, rx) = mpsc::unbounded_channel();
             let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
             let id = {
                 let mut g = lock(&self.state);
-                let id = match g.store.apply(clock::now(), StoreOp::Watch { prefix, start_revision })? {
+                let id = match g.store.apply(
+                    clock::now(),
+                    StoreOp::Watch {
+                        prefix,
+                        start_revision,
+                    },
+                )? {
                     StoreResponse::WatchCreated { watch } => watch,
-                    other => return Err(StoreError::InvalidRequest(format!("unexpected {other:?}"))),
+                    other => {
+                        return Err(StoreError::InvalidRequest(format!("unexpected {other:?}")))
+                    }
                 };
                 g.watchers.insert(id, tx);
                 g.fan_out();

@@ -4,9 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use taskgraph_core::store::{
-    Revision, StoreError, StoreOp, StoreResponse, WatchId, WatchResponse,
-};
+use taskgraph_core::store::{Revision, StoreError, StoreOp, StoreResponse, WatchId, WatchResponse};
 use tokio::sync::mpsc;
 
 #[cfg(feature = "etcd")]
@@ -59,6 +57,10 @@ impl WatchStream {
         responses: mpsc::UnboundedReceiver<WatchResponse>,
         cancel: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Self {
-        WatchStream { id, responses, _cancel: cancel }
+        WatchStream {
+            id,
+            responses,
+            _cancel: cancel,
+        }
     }
 }

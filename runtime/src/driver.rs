@@ -1,0 +1,563 @@
+//! The node's event loop: feeds the core every input, carries out every
+//! action it drains, arms its one timer (the core's contract).
+
+use crate::clock;
+use crate::store::Store;
+use crate::transport::{self, TransportConfig, TransportEvent};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+use taskgraph_core::action::OpId;
+use taskgraph_core::store::{StoreError, StoreOp, StoreResponse, WatchResponse};
+use taskgraph_core::{
+    wire, Action, Event, ExitReason, Node, NodeConfig, NodeError, NodeId, SessionId, TaskBuilder,
+    Topology,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// How one node runs: the core's configuration plus the runtime's.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// The core's configuration. Its `addr` is what peers connect to; if it
+    /// is empty, the listener's local address is used.
+    pub config: NodeConfig,
+    /// Where to listen for peers (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Heartbeat interval on every connection.
+    pub heartbeat: Duration,
+    /// Time allowed to connect to a peer.
+    pub connect_timeout: Duration,
+    /// Upper bound of any store call (the backends have their own too).
+    pub op_timeout: Duration,
+}
+
+impl NodeOptions {
+    /// Options with the runtime's defaults around a core configuration.
+    pub fn new(config: NodeConfig, listen: SocketAddr) -> Self {
+        NodeOptions {
+            config,
+            listen,
+            heartbeat: Duration::from_millis(300),
+            connect_timeout: Duration::from_secs(1),
+            op_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// How a node's run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeExit {
+    /// The job ended (S18); every node returns this.
+    JobEnded(ExitReason),
+    /// Only this node was stopped (its [`Shutdown`] handle).
+    Shutdown,
+    /// The node was killed (its [`Kill`] handle): nothing was cleaned up.
+    Killed,
+}
+
+/// Why a node could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The configuration or topology is invalid.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The job's stored spec differs from this node's (or another refusal).
+    #[error("refused to join: {0}")]
+    Refused(String),
+    /// The application's task panicked; the node revoked its lease (S6).
+    #[error("task panicked: {0}")]
+    TaskPanicked(String),
+}
+
+/// Stops one node cleanly (S6): it steps down and revokes its lease.
+#[derive(Debug)]
+pub struct Shutdown(Option<oneshot::Sender<()>>);
+
+/// Kills one node as a crash would: it stops at once, revokes nothing, and
+/// its connections drop (for chaos testing in one process).
+#[derive(Debug)]
+pub struct Kill(Option<oneshot::Sender<()>>);
+
+impl Kill {
+    /// Kills the node.
+    pub fn kill(mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Shutdown {
+    /// Asks the node to stop.
+    pub fn stop(mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A node started with [`spawn_node`].
+#[derive(Debug)]
+pub struct NodeHandle {
+    /// The node's id.
+    pub id: NodeId,
+    /// The address peers reach it at.
+    pub addr: SocketAddr,
+    /// Stops it.
+    pub shutdown: Shutdown,
+    /// Kills it.
+    pub kill: Kill,
+    /// Its run; resolves when it stops.
+    pub join: JoinHandle<Result<NodeExit, RuntimeError>>,
+}
+
+/// Every event of every node, for logs, tests and examples.
+pub type EventSink = mpsc::UnboundedSender<(NodeId, Event)>;
+
+enum Input {
+    StoreResult(OpId, Result<StoreResponse, StoreError>),
+    Watch(WatchResponse),
+    Transport(TransportEvent),
+}
+
+/// Binds the listener and starts the node on the current tokio runtime.
+pub async fn spawn_node(
+    opts: NodeOptions,
+    store: Arc<dyn Store>,
+    topology: Arc<dyn Topology>,
+    builder: Box<dyn TaskBuilder>,
+    events: Option<EventSink>,
+) -> Result<NodeHandle, RuntimeError> {
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| RuntimeError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| RuntimeError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
+    let (tx, rx) = oneshot::channel();
+    let (ktx, krx) = oneshot::channel();
+    let id = opts.config.node;
+    let controls = Controls {
+        shutdown: rx,
+        kill: krx,
+    };
+    let join = tokio::spawn(run_on(
+        listener, opts, store, topology, builder, events, controls,
+    ));
+    Ok(NodeHandle {
+        id,
+        addr,
+        shutdown: Shutdown(Some(tx)),
+        kill: Kill(Some(ktx)),
+        join,
+    })
+}
+
+/// Runs one node until the job ends or `shutdown` fires.
+pub async fn run_node(
+    opts: NodeOptions,
+    store: Arc<dyn Store>,
+    topology: Arc<dyn Topology>,
+    builder: Box<dyn TaskBuilder>,
+    events: Option<EventSink>,
+) -> Result<NodeExit, RuntimeError> {
+    let h = spawn_node(opts, store, topology, builder, events).await?;
+    // Keep the handles alive: dropping them is not a stop request.
+    let _keep = (h.shutdown, h.kill);
+    h.join
+        .await
+        .unwrap_or_else(|e| Err(RuntimeError::TaskPanicked(e.to_string())))
+}
+
+/// The receiving ends of a node's [`Shutdown`] and [`Kill`] handles.
+struct Controls {
+    shutdown: oneshot::Receiver<()>,
+    kill: oneshot::Receiver<()>,
+}
+
+struct Outbound {
+    generation: u64,
+    queue: mpsc::UnboundedSender<Bytes>,
+    task: JoinHandle<()>,
+}
+
+struct Loop {
+    node: Node,
+    store: Arc<dyn Store>,
+    opts: NodeOptions,
+    tcfg: TransportConfig,
+    inputs: mpsc::UnboundedSender<Input>,
+    transport: mpsc::UnboundedSender<TransportEvent>,
+    session: watch::Sender<SessionId>,
+    outbound: BTreeMap<NodeId, Outbound>,
+    generation: u64,
+    watches: BTreeMap<i64, JoinHandle<()>>,
+    ops: tokio::task::JoinSet<()>,
+    events: Option<EventSink>,
+    exit: Option<Option<ExitReason>>,
+    refused: Option<String>,
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+async fn run_on(
+    listener: TcpListener,
+    mut opts: NodeOptions,
+    store: Arc<dyn Store>,
+    topology: Arc<dyn Topology>,
+    builder: Box<dyn TaskBuilder>,
+    events: Option<EventSink>,
+    controls: Controls,
+) -> Result<NodeExit, RuntimeError> {
+    let Controls {
+        mut shutdown,
+        mut kill,
+    } = controls;
+    if opts.config.addr.is_empty() {
+        if let Ok(a) = listener.local_addr() {
+            opts.config.addr = a.to_string();
+        }
+    }
+    let node = Node::new(clock::now(), opts.config.clone(), topology, builder)?;
+    let tcfg = TransportConfig {
+        node: opts.config.node,
+        job: wire::job_tag(&opts.config.job),
+        heartbeat: opts.heartbeat,
+        connect_timeout: opts.connect_timeout,
+    };
+    let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Input>();
+    let (tr_tx, mut tr_rx) = mpsc::unbounded_channel::<TransportEvent>();
+    let (session_tx, session_rx) = watch::channel(SessionId(0));
+    let acceptor = tokio::spawn(transport::accept_loop(
+        listener,
+        tcfg.clone(),
+        session_rx,
+        tr_tx.clone(),
+    ));
+    let mut l = Loop {
+        node,
+        store,
+        opts,
+        tcfg,
+        inputs: in_tx,
+        transport: tr_tx,
+        session: session_tx,
+        outbound: BTreeMap::new(),
+        generation: 0,
+        watches: BTreeMap::new(),
+        ops: tokio::task::JoinSet::new(),
+        events,
+        exit: None,
+        refused: None,
+    };
+    let span = tracing::info_span!("node", node = %l.opts.config.node);
+    let _enter = span.enter();
+    let (mut stop_requested, mut kill_armed, mut killed) = (false, true, false);
+    let result = loop {
+        if let Err(p) = l.drain() {
+            break Err(p);
+        }
+        if let Some(exit) = l.exit.clone() {
+            break Ok(exit);
+        }
+        let timeout = l.node.poll_timeout();
+        let sleep = async {
+            match timeout {
+                Some(t) => tokio::time::sleep_until(clock::to_tokio(t)).await,
+                None => std::future::pending().await,
+            }
+        };
+        let step = tokio::select! {
+            biased;
+            r = &mut kill, if kill_armed => {
+                kill_armed = false;
+                if r.is_ok() {
+                    killed = true;
+                    break Ok(None);
+                }
+                Ok(())
+            }
+            r = &mut shutdown, if !stop_requested => {
+                // A dropped handle disarms; only an explicit stop stops.
+                stop_requested = true;
+                match r {
+                    Ok(()) => l.guard(|n| n.shutdown(clock::now())),
+                    Err(_) => Ok(()),
+                }
+            }
+            Some(input) = in_rx.recv() => l.input(input),
+            Some(ev) = tr_rx.recv() => l.input(Input::Transport(ev)),
+            _ = sleep => l.guard(|n| n.handle_timeout(clock::now())),
+        };
+        if let Err(p) = step {
+            break Err(p);
+        }
+    };
+    acceptor.abort();
+    for (_, o) in std::mem::take(&mut l.outbound) {
+        o.task.abort();
+    }
+    for (_, w) in std::mem::take(&mut l.watches) {
+        w.abort();
+    }
+    if killed {
+        l.ops.abort_all();
+        return Ok(NodeExit::Killed);
+    }
+    // Let the last store operations (the lease revocation) finish.
+    let _ = tokio::time::timeout(l.opts.op_timeout, async {
+        while l.ops.join_next().await.is_some() {}
+    })
+    .await;
+    match result {
+        Ok(Some(reason)) => Ok(NodeExit::JobEnded(reason)),
+        Ok(None) => match l.refused {
+            Some(detail) => Err(RuntimeError::Refused(detail)),
+            None => Ok(NodeExit::Shutdown),
+        },
+        Err(panic) => {
+            // S6: a node whose task panicked revokes its lease so that
+            // failover starts at once.
+            let lease = l.node.session().0;
+            tracing::error!(%panic, "task panicked; revoking the lease");
+            let _ = tokio::time::timeout(
+                l.opts.op_timeout,
+                l.store.execute(StoreOp::LeaseRevoke { lease }),
+            )
+            .await;
+            Err(RuntimeError::TaskPanicked(panic))
+        }
+    }
+}
+
+impl Loop {
+    /// Runs one core input, catching a panic of the application's task.
+    fn guard(&mut self, f: impl FnOnce(&mut Node)) -> Result<(), String> {
+        catch_unwind(AssertUnwindSafe(|| f(&mut self.node))).map_err(panic_message)
+    }
+
+    fn input(&mut self, input: Input) -> Result<(), String> {
+        match input {
+            Input::StoreResult(id, r) => self.guard(|n| n.handle_store_result(clock::now(), id, r)),
+            Input::Watch(resp) => self.guard(|n| n.handle_store_event(clock::now(), resp)),
+            Input::Transport(TransportEvent::Message(from, msg)) => {
+                self.guard(|n| n.handle_message(clock::now(), from, msg))
+            }
+            Input::Transport(TransportEvent::Disconnected(peer, generation)) => {
+                if self
+                    .outbound
+                    .get(&peer)
+                    .is_some_and(|o| o.generation == generation)
+                {
+                    self.outbound.remove(&peer);
+                    self.guard(|n| n.handle_disconnect(clock::now(), peer))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Carries out every action the core has (the contract).
+    fn drain(&mut self) -> Result<(), String> {
+        while let Some(action) = self.node.poll_action() {
+            match action {
+                Action::Store { id, op } => self.store_op(id, op),
+                Action::Connect { node, addr } => self.connect(node, addr),
+                Action::Send { to, msg } => {
+                    let delivered = self
+                        .outbound
+                        .get(&to)
+                        .is_some_and(|o| o.queue.send(transport::message_frame(&msg)).is_ok());
+                    if !delivered {
+                        let generation = self.outbound.get(&to).map_or(0, |o| o.generation);
+                        let _ = self
+                            .transport
+                            .send(TransportEvent::Disconnected(to, generation));
+                    }
+                }
+                Action::Close { node } => {
+                    if let Some(o) = self.outbound.remove(&node) {
+                        o.task.abort();
+                    }
+                }
+                Action::Event(ev) => self.event(ev),
+            }
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, ev: Event) {
+        match &ev {
+            Event::SessionStarted { session } => {
+                let _ = self.session.send(*session);
+                tracing::info!(%session, "session started");
+            }
+            Event::BecamePrimary {
+                task,
+                incarnation,
+                promoted,
+            } => {
+                tracing::info!(%task, %incarnation, promoted, "became primary")
+            }
+            Event::BecameStandby { task } => tracing::info!(%task, "became standby"),
+            Event::SteppedDown { task, reason, .. } => {
+                tracing::warn!(%task, ?reason, "stepped down")
+            }
+            Event::SessionLost { session } => tracing::warn!(%session, "session lost"),
+            Event::NeighbourDied {
+                task, neighbour, ..
+            } => tracing::info!(%task, %neighbour, "neighbour died"),
+            Event::NeighbourRestarted {
+                task, neighbour, ..
+            } => {
+                tracing::info!(%task, %neighbour, "neighbour restarted")
+            }
+            Event::EpochChanged { task, epoch } => tracing::debug!(%task, %epoch, "epoch changed"),
+            Event::Refused { detail } => {
+                tracing::error!(%detail, "refused to join");
+                self.refused = Some(detail.clone());
+            }
+            Event::Stopped { reason } => {
+                tracing::info!(?reason, "stopped");
+                self.exit = Some(reason.clone());
+            }
+            _ => tracing::trace!(?ev),
+        }
+        if let Some(sink) = &self.events {
+            let _ = sink.send((self.opts.config.node, ev));
+        }
+    }
+
+    fn store_op(&mut self, id: OpId, op: StoreOp) {
+        let (store, inputs, limit) = (
+            self.store.clone(),
+            self.inputs.clone(),
+            self.opts.op_timeout,
+        );
+        match op {
+            StoreOp::Watch {
+                prefix,
+                start_revision,
+            } => {
+                let task = tokio::spawn(async move {
+                    let created =
+                        tokio::time::timeout(limit, store.watch(prefix, start_revision)).await;
+                    let mut stream = match created {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            let _ = inputs.send(Input::StoreResult(id, Err(e)));
+                            return;
+                        }
+                        Err(_) => {
+                            let e = StoreError::Unavailable(format!(
+                                "watch not created within {limit:?}"
+                            ));
+                            let _ = inputs.send(Input::StoreResult(id, Err(e)));
+                            return;
+                        }
+                    };
+                    let watch = stream.id;
+                    // The creation goes first, on the same channel as the events.
+                    let _ = inputs.send(Input::StoreResult(
+                        id,
+                        Ok(StoreResponse::WatchCreated { watch }),
+                    ));
+                    let mut ended = false;
+                    while let Some(resp) = stream.responses.recv().await {
+                        ended = resp.canceled;
+                        if inputs.send(Input::Watch(resp)).is_err() {
+                            return;
+                        }
+                    }
+                    if !ended {
+                        // The stream broke without saying so: tell the core.
+                        let resp = WatchResponse {
+                            watch,
+                            events: Vec::new(),
+                            compact_revision: None,
+                            canceled: true,
+                        };
+                        let _ = inputs.send(Input::Watch(resp));
+                    }
+                });
+                self.watches.retain(|_, t| !t.is_finished());
+                self.watches.insert(id.0 as i64, task);
+            }
+            StoreOp::CancelWatch { watch } => {
+                // The core watches through one watch at a time and cancels it
+                // only before starting over: stop every forwarding task, which
+                // drops its stream and so cancels the watch at the store.
+                for (_, t) in std::mem::take(&mut self.watches) {
+                    t.abort();
+                }
+                let _ = inputs.send(Input::StoreResult(
+                    id,
+                    Ok(StoreResponse::WatchCanceled { watch }),
+                ));
+            }
+            op => {
+                self.ops.spawn(async move {
+                    let r = match tokio::time::timeout(limit, store.execute(op)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(StoreError::Unavailable(format!(
+                            "no answer within {limit:?}"
+                        ))),
+                    };
+                    let _ = inputs.send(Input::StoreResult(id, r));
+                });
+                while self.ops.try_join_next().is_some() {}
+            }
+        }
+    }
+
+    fn connect(&mut self, peer: NodeId, addr: String) {
+        if let Some(o) = self.outbound.remove(&peer) {
+            o.task.abort();
+        }
+        self.generation += 1;
+        let (qtx, qrx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(transport::run_outbound(
+            self.tcfg.clone(),
+            self.node.session(),
+            peer,
+            addr,
+            self.generation,
+            qrx,
+            self.transport.clone(),
+        ));
+        self.outbound.insert(
+            peer,
+            Outbound {
+                generation: self.generation,
+                queue: qtx,
+                task,
+            },
+        );
+    }
+}

@@ -1,0 +1,298 @@
+//! TCP between nodes: length-prefixed frames, a handshake naming job,
+//! protocol version and sender, heartbeats both ways, a frame size limit.
+//!
+//! ```text
+//! frame := len: u32 (big endian, of kind + body) | kind: u8 | body
+//! kind 1 HELLO  body = postcard(Hello)          first frame each way
+//! kind 2 MSG    body = wire::encode(Envelope)   connector -> acceptor only
+//! kind 3 BEAT   body = empty                    both ways, every heartbeat
+//! ```
+//!
+//! Each node opens one connection per peer it sends to; messages flow from
+//! connector to acceptor, heartbeats both ways. A connection silent for
+//! three heartbeats is closed, and its connector reports the peer
+//! disconnected to the core, which reconnects with backoff and resends.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Duration;
+use taskgraph_core::wire::{self, Envelope, MAX_FRAME_LEN};
+use taskgraph_core::{NodeId, SessionId, PROTOCOL_VERSION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+const HELLO: u8 = 1;
+const MSG: u8 = 2;
+const BEAT: u8 = 3;
+const MAGIC: u32 = 0x5447_5246; // "TGRF"
+
+/// The first frame each side sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Always [`MAGIC`]: not taskgraph otherwise.
+    pub magic: u32,
+    /// The sender's protocol version.
+    pub version: u32,
+    /// `wire::job_tag` of the sender's job.
+    pub job: u64,
+    /// The sending node.
+    pub node: NodeId,
+    /// Its session.
+    pub session: SessionId,
+}
+
+/// Timing and identity of one node's transport.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// This node.
+    pub node: NodeId,
+    /// `wire::job_tag` of the job.
+    pub job: u64,
+    /// Interval of heartbeats; three missed close the connection.
+    pub heartbeat: Duration,
+    /// Time allowed to open a connection and shake hands.
+    pub connect_timeout: Duration,
+}
+
+/// What the transport tells the node's event loop.
+#[derive(Debug)]
+pub enum TransportEvent {
+    /// A message arrived from `from` (the peer named in its handshake).
+    Message(NodeId, Envelope),
+    /// The outbound connection `generation` to `peer` failed or broke.
+    Disconnected(NodeId, u64),
+}
+
+/// Why a frame or handshake was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The socket failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame longer than the limit.
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_LEN}")]
+    TooLarge(usize),
+    /// The peer spoke something else.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The peer stayed silent for three heartbeats.
+    #[error("peer silent for {0:?}")]
+    Silent(Duration),
+}
+
+fn frame(kind: u8, body: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(5 + body.len());
+    b.put_u32(u32::try_from(body.len() + 1).unwrap_or(u32::MAX));
+    b.put_u8(kind);
+    b.put_slice(body);
+    b.freeze()
+}
+
+/// Encodes a message frame.
+pub fn message_frame(msg: &Envelope) -> Bytes {
+    frame(MSG, &wire::encode(msg))
+}
+
+fn hello_frame(h: &Hello) -> Bytes {
+    frame(HELLO, &postcard::to_allocvec(h).unwrap_or_default())
+}
+
+async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<(u8, Vec<u8>), FrameError> {
+    let len = r.read_u32().await? as usize;
+    if len == 0 {
+        return Err(FrameError::Protocol("empty frame".into()));
+    }
+    if len > MAX_FRAME_LEN + 1 {
+        return Err(FrameError::TooLarge(len));
+    }
+    let kind = r.read_u8().await?;
+    let mut body = vec![0u8; len - 1];
+    r.read_exact(&mut body).await?;
+    Ok((kind, body))
+}
+
+fn check_hello(cfg: &TransportConfig, kind: u8, body: &[u8]) -> Result<Hello, FrameError> {
+    if kind != HELLO {
+        return Err(FrameError::Protocol(format!(
+            "expected a handshake, got frame kind {kind}"
+        )));
+    }
+    let h: Hello = postcard::from_bytes(body)
+        .map_err(|e| FrameError::Protocol(format!("bad handshake: {e}")))?;
+    if h.magic != MAGIC {
+        return Err(FrameError::Protocol("not a taskgraph peer".into()));
+    }
+    if h.version != PROTOCOL_VERSION {
+        return Err(FrameError::Protocol(format!(
+            "protocol version {} (ours is {PROTOCOL_VERSION})",
+            h.version
+        )));
+    }
+    if h.job != cfg.job {
+        return Err(FrameError::Protocol("peer belongs to another job".into()));
+    }
+    Ok(h)
+}
+
+/// Accepts connections on `listener` for as long as `events` is open.
+pub async fn accept_loop(
+    listener: TcpListener,
+    cfg: TransportConfig,
+    session: tokio::sync::watch::Receiver<SessionId>,
+    events: mpsc::UnboundedSender<TransportEvent>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(node = %cfg.node, %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if events.is_closed() {
+            return;
+        }
+        let (cfg, events, session) = (cfg.clone(), events.clone(), session.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve_inbound(stream, &cfg, session, &events).await {
+                tracing::warn!(node = %cfg.node, %peer, %e, "inbound connection closed");
+            }
+        });
+    }
+}
+
+async fn serve_inbound(
+    stream: TcpStream,
+    cfg: &TransportConfig,
+    session: tokio::sync::watch::Receiver<SessionId>,
+    events: &mpsc::UnboundedSender<TransportEvent>,
+) -> Result<(), FrameError> {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let (kind, body) = tokio::time::timeout(cfg.connect_timeout, read_frame(&mut rd))
+        .await
+        .map_err(|_| FrameError::Silent(cfg.connect_timeout))??;
+    let hello = check_hello(cfg, kind, &body)?;
+    let me = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        job: cfg.job,
+        node: cfg.node,
+        session: *session.borrow(),
+    };
+    wr.write_all(&hello_frame(&me)).await?;
+    let silence = cfg.heartbeat * 3;
+    let mut beat = tokio::time::interval(cfg.heartbeat);
+    loop {
+        tokio::select! {
+            biased;
+            r = tokio::time::timeout(silence, read_frame(&mut rd)) => {
+                let (kind, body) = r.map_err(|_| FrameError::Silent(silence))??;
+                match kind {
+                    MSG => match wire::decode(&body) {
+                        Ok(msg) => {
+                            if events.send(TransportEvent::Message(hello.node, msg)).is_err() {
+                                return Ok(());
+                            }
+                        }
+                        Err(e) => {
+                            return Err(FrameError::Protocol(format!("undecodable message: {e}")));
+                        }
+                    },
+                    BEAT => {}
+                    k => return Err(FrameError::Protocol(format!("unexpected frame kind {k}"))),
+                }
+            }
+            _ = beat.tick() => {
+                wr.write_all(&frame(BEAT, &[])).await?;
+            }
+        }
+    }
+}
+
+/// Runs one outbound connection: connect, shake hands, then send queued
+/// frames and heartbeats until the queue closes (the node dropped it) or the
+/// connection fails. Reports a failure as `Disconnected(peer, generation)`.
+pub async fn run_outbound(
+    cfg: TransportConfig,
+    session: SessionId,
+    peer: NodeId,
+    addr: String,
+    generation: u64,
+    mut queue: mpsc::UnboundedReceiver<Bytes>,
+    events: mpsc::UnboundedSender<TransportEvent>,
+) {
+    let result = outbound(&cfg, session, peer, &addr, &mut queue).await;
+    match result {
+        Ok(()) => {}
+        Err(e) => {
+            tracing::debug!(node = %cfg.node, %peer, %addr, %e, "connection to peer failed");
+            let _ = events.send(TransportEvent::Disconnected(peer, generation));
+        }
+    }
+}
+
+async fn outbound(
+    cfg: &TransportConfig,
+    session: SessionId,
+    peer: NodeId,
+    addr: &str,
+    queue: &mut mpsc::UnboundedReceiver<Bytes>,
+) -> Result<(), FrameError> {
+    let addr: SocketAddr = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| FrameError::Protocol(format!("no address for {addr}")))?;
+    let stream = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| FrameError::Silent(cfg.connect_timeout))??;
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let me = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        job: cfg.job,
+        node: cfg.node,
+        session,
+    };
+    wr.write_all(&hello_frame(&me)).await?;
+    let (kind, body) = tokio::time::timeout(cfg.connect_timeout, read_frame(&mut rd))
+        .await
+        .map_err(|_| FrameError::Silent(cfg.connect_timeout))??;
+    let theirs = check_hello(cfg, kind, &body)?;
+    if theirs.node != peer {
+        return Err(FrameError::Protocol(format!(
+            "expected node {peer}, reached {}",
+            theirs.node
+        )));
+    }
+    let silence = cfg.heartbeat * 3;
+    let mut beat = tokio::time::interval(cfg.heartbeat);
+    let mut last_heard = tokio::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        tokio::select! {
+            biased;
+            f = queue.recv() => match f {
+                Some(f) => wr.write_all(&f).await?,
+                None => return Ok(()),
+            },
+            n = rd.read(&mut buf) => {
+                // Only heartbeats come back; any bytes mean the peer is alive.
+                if n? == 0 {
+                    return Err(FrameError::Protocol("peer closed the connection".into()));
+                }
+                last_heard = tokio::time::Instant::now();
+            }
+            _ = beat.tick() => {
+                if last_heard.elapsed() > silence {
+                    return Err(FrameError::Silent(silence));
+                }
+                wr.write_all(&frame(BEAT, &[])).await?;
+            }
+        }
+    }
+}
