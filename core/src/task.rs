@@ -139,6 +139,11 @@ pub trait Task: Send {
     fn replica_update(&mut self, ctx: &mut Context, update: Bytes) {
         let _ = (ctx, update);
     }
+    /// A timer set with [`Context::set_timer`] fired. Timers of a primary
+    /// are dropped when it stops being primary.
+    fn timer(&mut self, ctx: &mut Context, token: u64) {
+        let _ = (ctx, token);
+    }
     /// [`Context::advance_epoch`] from `epoch` did nothing: the job had
     /// already moved on (S9).
     fn advance_epoch_rejected(&mut self, ctx: &mut Context, epoch: Epoch) {
@@ -177,6 +182,7 @@ pub(crate) enum Command {
     AdvanceEpoch(Epoch),
     ExitJob(String),
     Replicate(Bytes),
+    SetTimer(std::time::Duration, u64),
 }
 
 /// A task's handle on the framework. It only records commands; the node
@@ -269,6 +275,12 @@ impl Context {
     /// Ends the whole job (S18).
     pub fn exit_job(&mut self, reason: impl Into<String>) {
         self.commands.push(Command::ExitJob(reason.into()));
+    }
+    /// Calls [`Task::timer`] with `token` once `after` has passed (on the
+    /// driver's clock; virtual time in the harness). Only a primary's
+    /// timers fire.
+    pub fn set_timer(&mut self, after: std::time::Duration, token: u64) {
+        self.commands.push(Command::SetTimer(after, token));
     }
     /// Sends `update` to every standby of this task, in order (S17).
     pub fn replicate(&mut self, update: impl Into<Bytes>) {

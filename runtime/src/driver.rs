@@ -13,8 +13,8 @@ use std::time::Duration;
 use taskgraph_core::action::OpId;
 use taskgraph_core::store::{StoreError, StoreOp, StoreResponse, WatchResponse};
 use taskgraph_core::{
-    wire, Action, Event, ExitReason, Node, NodeConfig, NodeError, NodeId, SessionId, TaskBuilder,
-    Topology,
+    wire, Action, Event, ExitReason, Node, NodeConfig, NodeError, NodeId, SessionId,
+    StepDownReason, TaskBuilder, Topology,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -426,6 +426,11 @@ impl Loop {
                 tracing::info!(%task, %incarnation, promoted, "became primary")
             }
             Event::BecameStandby { task } => tracing::info!(%task, "became standby"),
+            Event::SteppedDown {
+                task,
+                reason: StepDownReason::Stopped,
+                ..
+            } => tracing::info!(%task, "stepped down: stopping"),
             Event::SteppedDown { task, reason, .. } => {
                 tracing::warn!(%task, ?reason, "stepped down")
             }

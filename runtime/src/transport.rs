@@ -157,8 +157,13 @@ pub async fn accept_loop(
         }
         let (cfg, events, session) = (cfg.clone(), events.clone(), session.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_inbound(stream, &cfg, session, &events).await {
-                tracing::warn!(node = %cfg.node, %peer, %e, "inbound connection closed");
+            match serve_inbound(stream, &cfg, session, &events).await {
+                Ok(()) => {}
+                // A peer that goes away or falls silent is routine.
+                Err(e @ (FrameError::Io(_) | FrameError::Silent(_))) => {
+                    tracing::debug!(node = %cfg.node, %peer, %e, "inbound connection closed")
+                }
+                Err(e) => tracing::warn!(node = %cfg.node, %peer, %e, "inbound connection refused"),
             }
         });
     }

@@ -23,11 +23,7 @@ async fn start(
     events: &mpsc::UnboundedSender<(NodeId, Event)>,
 ) -> NodeHandle {
     let topo = Arc::new(TreeTopology::new(2, tasks).expect("tree"));
-    let builder = TreeSumBuilder {
-        num_tasks: tasks,
-        last_epoch: 10,
-        results: results.clone(),
-    };
+    let builder = TreeSumBuilder::new(tasks, 10, results.clone());
     spawn_node(
         options(id, job, tasks, standbys),
         store.clone(),

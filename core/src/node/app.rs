@@ -13,7 +13,7 @@ impl Node {
         self.run_commands(now);
     }
 
-    fn run_commands(&mut self, _now: Instant) {
+    fn run_commands(&mut self, now: Instant) {
         let commands = std::mem::take(&mut self.ctx.commands);
         for c in commands {
             let primary = matches!(self.role, Role::Primary { .. });
@@ -30,7 +30,26 @@ impl Node {
                 Command::Respond(sid, resp) => self.respond(sid, resp),
                 Command::AdvanceEpoch(from) => self.send_advance(from, false),
                 Command::Replicate(data) => self.replicate(data),
+                Command::SetTimer(after, token) => {
+                    self.timer_seq += 1;
+                    self.primary
+                        .timers
+                        .insert((now + after, self.timer_seq), token);
+                }
             }
+        }
+    }
+}
+
+impl Node {
+    /// Fires the application's due timers.
+    pub(super) fn fire_timers(&mut self, now: Instant) {
+        while let Some((&(at, seq), &token)) = self.primary.timers.iter().next() {
+            if at > now || self.primary_of().is_none() {
+                return;
+            }
+            self.primary.timers.remove(&(at, seq));
+            self.call(now, |t, ctx| t.timer(ctx, token));
         }
     }
 }

@@ -143,6 +143,8 @@ struct PrimaryState {
     dead: BTreeMap<TaskId, Incarnation>,
     /// This incarnation's replication log.
     replica_log: Vec<Bytes>,
+    /// The application's timers: (deadline, order) -> token.
+    timers: BTreeMap<(Instant, u64), u64>,
 }
 
 /// State of a standby.
@@ -215,6 +217,8 @@ pub struct Node {
     inbound_seq: BTreeMap<(NodeId, SessionId), u64>,
     /// Sequence number of the last message sent (S16).
     out_seq: u64,
+    /// Orders application timers with the same deadline.
+    timer_seq: u64,
     highest: Vec<Incarnation>,
     /// Per task, the highest incarnation seen to die: its messages are fenced.
     dead_upto: Vec<Incarnation>,
@@ -308,6 +312,7 @@ impl Node {
             peers: BTreeMap::new(),
             inbound_seq: BTreeMap::new(),
             out_seq: 0,
+            timer_seq: 0,
             highest: vec![Incarnation(0); cfg.num_tasks as usize],
             dead_upto: vec![Incarnation(0); cfg.num_tasks as usize],
             held: VecDeque::new(),
@@ -389,6 +394,9 @@ impl Node {
         if let Some((arrived, _, _)) = self.held.front() {
             min(*arrived + self.cfg.ttl * 2);
         }
+        if let Some(((at, _), _)) = self.primary.timers.iter().next() {
+            min(*at);
+        }
         t
     }
 
@@ -417,6 +425,7 @@ impl Node {
             self.retry(now);
         }
         self.retry_peers(now);
+        self.fire_timers(now);
         let expired = self
             .held
             .front()

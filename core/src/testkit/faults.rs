@@ -241,13 +241,7 @@ pub fn run_schedule(cfg: &ScheduleConfig, schedule: &Schedule) -> ScheduleOutcom
     let mut cluster = Cluster::new(
         ccfg,
         topo,
-        Box::new(move |_| {
-            Box::new(TreeSumBuilder {
-                num_tasks,
-                last_epoch,
-                results: r.clone(),
-            })
-        }),
+        Box::new(move |_| Box::new(TreeSumBuilder::new(num_tasks, last_epoch, r.clone()))),
     );
     let mut later: Vec<(Instant, Later)> = Vec::new();
     let mut target_rng = Rng::new(schedule.seed ^ 0x007a_26e7);

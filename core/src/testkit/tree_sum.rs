@@ -52,6 +52,27 @@ pub struct TreeSumBuilder {
     pub last_epoch: u64,
     /// Where task 0 records its results.
     pub results: Results,
+    /// Task 0 waits this long (a timer) between verifying an epoch and
+    /// advancing; zero advances at once.
+    pub pace: std::time::Duration,
+}
+
+impl TreeSumBuilder {
+    /// Tasks that run `last_epoch` epochs and record results in `results`.
+    pub fn new(num_tasks: u32, last_epoch: u64, results: Results) -> Self {
+        TreeSumBuilder {
+            num_tasks,
+            last_epoch,
+            results,
+            pace: std::time::Duration::ZERO,
+        }
+    }
+
+    /// Task 0 waits `pace` between epochs.
+    pub fn with_pace(mut self, pace: std::time::Duration) -> Self {
+        self.pace = pace;
+        self
+    }
 }
 
 impl TaskBuilder for TreeSumBuilder {
@@ -61,6 +82,7 @@ impl TaskBuilder for TreeSumBuilder {
             num_tasks: self.num_tasks,
             last_epoch: self.last_epoch,
             results: self.results.clone(),
+            pace: self.pace,
             epoch: Epoch(0),
             param: None,
             grads: BTreeMap::new(),
@@ -80,6 +102,7 @@ pub struct TreeSum {
     num_tasks: u32,
     last_epoch: u64,
     results: Results,
+    pace: std::time::Duration,
     epoch: Epoch,
     param: Option<u64>,
     grads: BTreeMap<TaskId, u64>,
@@ -137,10 +160,10 @@ impl TreeSum {
                 total,
                 expected: e.wrapping_mul(ids),
             });
-            if e >= self.last_epoch {
-                ctx.exit_job(format!("tree_sum verified {e} epochs"));
+            if self.pace.is_zero() {
+                self.finish_epoch(ctx);
             } else {
-                ctx.advance_epoch();
+                ctx.set_timer(self.pace, e);
             }
         } else if !self.sent_grad {
             self.sent_grad = true;
@@ -149,7 +172,25 @@ impl TreeSum {
     }
 }
 
+impl TreeSum {
+    /// Task 0, after verifying the current epoch: next epoch, or the end.
+    fn finish_epoch(&mut self, ctx: &mut Context) {
+        let e = self.epoch.0;
+        if e >= self.last_epoch {
+            ctx.exit_job(format!("tree_sum verified {e} epochs"));
+        } else {
+            ctx.advance_epoch();
+        }
+    }
+}
+
 impl Task for TreeSum {
+    fn timer(&mut self, ctx: &mut Context, token: u64) {
+        if token == self.epoch.0 {
+            self.finish_epoch(ctx);
+        }
+    }
+
     fn epoch_changed(&mut self, ctx: &mut Context, epoch: Epoch) {
         self.epoch = epoch;
         self.param = None;
