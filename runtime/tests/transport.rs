@@ -1,0 +1,105 @@
+//! Bad input on a node's TCP port (S19): the connection is dropped with a
+//! warning, the node and the job carry on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use taskgraph_core::testkit::tree_sum::{Results, TreeSumBuilder};
+use taskgraph_core::{wire, NodeConfig, NodeId, SessionId, TreeTopology, PROTOCOL_VERSION};
+use taskgraph_runtime::transport::Hello;
+use taskgraph_runtime::{spawn_node, MemStoreServer, NodeExit, NodeHandle, NodeOptions, Store};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn job(results: &Results) -> Vec<NodeHandle> {
+    let store: Arc<dyn Store> = Arc::new(MemStoreServer::new());
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        let cfg = NodeConfig::new(NodeId(id), "transport", "", 3, 0);
+        let opts = NodeOptions::new(cfg, "127.0.0.1:0".parse().expect("addr"));
+        let topo = Arc::new(TreeTopology::new(2, 3).expect("tree"));
+        let builder =
+            TreeSumBuilder::new(3, 8, results.clone()).with_pace(Duration::from_millis(100));
+        nodes.push(
+            spawn_node(opts, store.clone(), topo, Box::new(builder), None)
+                .await
+                .expect("starts"),
+        );
+    }
+    nodes
+}
+
+/// Sends `bytes` to `addr` and tells whether the node closed the connection.
+async fn closed_after(addr: SocketAddr, bytes: &[u8]) -> bool {
+    let mut s = TcpStream::connect(addr).await.expect("connects");
+    s.write_all(bytes).await.expect("writes");
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue, // a handshake or heartbeat: keep reading
+            Err(_) => return false,
+        }
+    }
+}
+
+fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+    f.push(kind);
+    f.extend_from_slice(body);
+    f
+}
+
+fn hello(job: &str, version: u32) -> Vec<u8> {
+    let h = Hello {
+        magic: 0x5447_5246,
+        version,
+        job: wire::job_tag(job),
+        node: NodeId(99),
+        session: SessionId(1),
+    };
+    frame(1, &postcard::to_allocvec(&h).expect("encodes"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s19_garbage_oversized_frames_and_foreign_peers_are_refused_and_the_job_carries_on() {
+    let results = Results::default();
+    let nodes = job(&results).await;
+    let addr = nodes[0].addr;
+    assert!(
+        closed_after(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await,
+        "garbage"
+    );
+    assert!(
+        closed_after(addr, &u32::MAX.to_be_bytes()).await,
+        "a frame over the size limit"
+    );
+    assert!(
+        closed_after(addr, &hello("another-job", PROTOCOL_VERSION)).await,
+        "a peer of another job"
+    );
+    assert!(
+        closed_after(addr, &hello("transport", PROTOCOL_VERSION + 1)).await,
+        "another protocol version"
+    );
+    let mut bad_msg = hello("transport", PROTOCOL_VERSION);
+    bad_msg.extend(frame(2, b"\xff\xff\xff not a message"));
+    assert!(
+        closed_after(addr, &bad_msg).await,
+        "an undecodable message after a good handshake"
+    );
+    for n in nodes {
+        let exit = tokio::time::timeout(Duration::from_secs(30), n.join)
+            .await
+            .expect("in time");
+        assert!(
+            matches!(exit, Ok(Ok(NodeExit::JobEnded(ref r))) if r.is_completed()),
+            "{exit:?}"
+        );
+    }
+    let all = results.all();
+    assert!(
+        (1..=8).all(|e| all.iter().any(|r| r.epoch.0 == e && r.total == r.expected)),
+        "{all:?}"
+    );
+}
