@@ -227,13 +227,8 @@ async fn single_node(args: &Args, id: u64, store: Arc<dyn Store>) -> ExitCode {
         tokio::select! {
             r = &mut join => break r,
             Some((node, ev)) = rx.recv() => {
-                match &ev {
-                    Event::BecamePrimary { .. } | Event::NeighbourDied { .. } | Event::NeighbourRestarted { .. }
-                    | Event::SteppedDown { .. } | Event::SessionLost { .. } | Event::EpochChanged { .. } => {
-                        println!("EVENT {} {} {:?}", unix_ms(), node.0, ev);
-                    }
-                    _ => {}
-                }
+                // Every event, for the harness that runs this process.
+                println!("EVENT {} {} {:?}", unix_ms(), node.0, ev);
                 let all = results.all();
                 for r in &all[printed..] {
                     println!("RESULT {} {} {}", r.epoch.0, r.total, r.expected);
