@@ -11,4 +11,6 @@ pub use driver::{
     run_node, spawn_node, EventSink, Kill, NodeExit, NodeHandle, NodeOptions, RuntimeError,
     Shutdown,
 };
+#[cfg(feature = "etcd")]
+pub use store::etcd::{EtcdOptions, EtcdStore};
 pub use store::{MemStoreServer, Store, StoreFuture, WatchStream};
