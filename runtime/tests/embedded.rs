@@ -126,3 +126,68 @@ async fn killed_primary_fails_over_and_the_job_finishes() {
     }
     assert!(results.all().iter().all(|r| r.total == r.expected));
 }
+
+/// A task that panics when it is primary of task 1 on node 2.
+struct Fragile(NodeId);
+
+impl taskgraph_core::Task for Fragile {
+    fn epoch_changed(&mut self, ctx: &mut taskgraph_core::Context, _epoch: taskgraph_core::Epoch) {
+        if self.0 == NodeId(2) && ctx.task().0 == 1 {
+            panic!("application bug");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_a_panicking_task_revokes_its_lease_so_failover_is_immediate() {
+    let store: Arc<dyn Store> = Arc::new(MemStoreServer::new());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut nodes = Vec::new();
+    for id in 1..=4 {
+        let topo = Arc::new(TreeTopology::new(2, 2).expect("tree"));
+        let builder = move |_t| Box::new(Fragile(NodeId(id))) as Box<dyn taskgraph_core::Task>;
+        let h = spawn_node(
+            options(id, "panic", 2, 1),
+            store.clone(),
+            topo,
+            Box::new(builder),
+            Some(tx.clone()),
+        )
+        .await
+        .expect("starts");
+        nodes.push(h);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fragile = nodes.remove(1);
+    let r = tokio::time::timeout(Duration::from_secs(5), fragile.join)
+        .await
+        .expect("ends");
+    let panicked_at = tokio::time::Instant::now();
+    assert!(
+        matches!(&r, Ok(Err(taskgraph_runtime::RuntimeError::TaskPanicked(m))) if m.contains("application bug")),
+        "{r:?}"
+    );
+    // Its standby (node 4) takes task 1 well before a TTL would expire.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some((
+                NodeId(4),
+                Event::BecamePrimary {
+                    task,
+                    promoted: true,
+                    ..
+                },
+            ))) if task.0 == 1 => break,
+            Ok(Some(_)) => {}
+            other => panic!("no promotion: {other:?}"),
+        }
+    }
+    let took = panicked_at.elapsed();
+    assert!(
+        took < Duration::from_millis(1000),
+        "promotion {took:?} after the panic, not a TTL"
+    );
+    for n in nodes {
+        n.shutdown.stop();
+    }
+}
