@@ -48,13 +48,14 @@ fn summary(name: &str, o: &Outcome) -> (Vector, f64) {
         .unwrap_or_else(|| panic!("{name}: no final result: {:?}", o.exits));
     let initial = o.report.initial_loss().expect("initial loss");
     println!(
-        "{name}: {:.1} s, {} epochs, {} kills, {} promotions ({} of task 0), {} spare takeovers; \
-         loss {initial:.4e} -> {loss:.4e}; w = {w:?}",
+        "{name}: {:.1} s, {} epochs, {} kills, {} promotions ({} of task 0, resumed: {:?}), \
+         {} spare takeovers; loss {initial:.4e} -> {loss:.4e}; w = {w:?}",
         o.wall.as_secs_f64(),
         o.epochs + 1,
         o.kills.len(),
         o.promotions,
         o.root_promotions,
+        o.report.resumes(),
         o.spare_takeovers,
     );
     assert!(o.completed, "{name}: job did not complete: {:?}", o.exits);
@@ -129,5 +130,31 @@ async fn failures_do_not_change_a_single_bit_of_the_model() {
     assert!(
         chaos.root_promotions >= 1,
         "task 0 failed over to its standby"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_model_with_every_copy_ends_the_job_visibly() {
+    // Task 0's primary and its standby die together: a spare takes the
+    // task without the model, and must not restart from zero silently.
+    let kills = vec![
+        (Duration::from_millis(200), Target::PrimaryOf(TaskId(0))),
+        (Duration::from_millis(200), Target::StandbyOf(TaskId(0))),
+    ];
+    let mut s = spec("regression-lost", Chaos::Script { kills, seed: 1 });
+    s.kill_guard = Duration::ZERO;
+    s.replace_after = Duration::from_secs(60);
+    let out = run(&s).await.expect("run starts");
+    assert_eq!(out.kills.len(), 2, "{:?}", out.kills);
+    assert!(out.report.lost_state(), "the spare noticed the loss");
+    assert!(!out.completed);
+    assert!(out.report.final_result(STEPS).is_none());
+    assert!(
+        out.exits.iter().all(|(_, e)| matches!(
+            e,
+            Ok(taskgraph::runtime::NodeExit::JobEnded(r)) if r.to_string().contains("lost the model state")
+        )),
+        "{:?}",
+        out.exits
     );
 }
