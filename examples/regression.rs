@@ -565,7 +565,7 @@ pub mod app {
                     // A spare took the task with no standby left: starting
                     // from zero would silently give another answer.
                     self.report.set_lost();
-                    ctx.exit_job("lost the model state");
+                    ctx.fail_job("lost the model state");
                     return;
                 }
             };

@@ -152,7 +152,7 @@ async fn losing_the_model_with_every_copy_ends_the_job_visibly() {
     assert!(
         out.exits.iter().all(|(_, e)| matches!(
             e,
-            Ok(taskgraph::runtime::NodeExit::JobEnded(r)) if r.to_string().contains("lost the model state")
+            Ok(taskgraph::runtime::NodeExit::JobEnded(taskgraph::ExitReason::Failed(m))) if m == "lost the model state"
         )),
         "{:?}",
         out.exits

@@ -29,6 +29,8 @@ pub struct ServeId(pub(crate) u64);
 pub enum ExitReason {
     /// A task called [`Context::exit_job`] with this reason.
     Completed(String),
+    /// A task called [`Context::fail_job`] with this reason.
+    Failed(String),
     /// A task failed more than `max_failures` times within the failure window (S7).
     TooManyFailures {
         /// The task.
@@ -51,6 +53,7 @@ impl fmt::Display for ExitReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ExitReason::Completed(r) => write!(f, "completed: {r}"),
+            ExitReason::Failed(r) => write!(f, "failed: {r}"),
             ExitReason::TooManyFailures { task, failures, window_ms } => write!(
                 f,
                 "task {task} failed {failures} times within {window_ms} ms, more than the restart limit allows"
@@ -180,7 +183,7 @@ pub(crate) enum Command {
     Request(TaskId, RequestId, Bytes),
     Respond(ServeId, Bytes),
     AdvanceEpoch(Epoch),
-    ExitJob(String),
+    ExitJob(ExitReason),
     Replicate(Bytes),
     SetTimer(std::time::Duration, u64),
 }
@@ -274,13 +277,20 @@ impl Context {
     }
     /// Ends the whole job (S18).
     pub fn exit_job(&mut self, reason: impl Into<String>) {
-        self.commands.push(Command::ExitJob(reason.into()));
+        self.commands
+            .push(Command::ExitJob(ExitReason::Completed(reason.into())));
     }
     /// Calls [`Task::timer`] with `token` once `after` has passed (on the
     /// driver's clock; virtual time in the harness). Only a primary's
     /// timers fire.
     pub fn set_timer(&mut self, after: std::time::Duration, token: u64) {
         self.commands.push(Command::SetTimer(after, token));
+    }
+    /// Ends the whole job as failed (S18): like [`Context::exit_job`], but
+    /// every node's `run` reports [`ExitReason::Failed`].
+    pub fn fail_job(&mut self, reason: impl Into<String>) {
+        self.commands
+            .push(Command::ExitJob(ExitReason::Failed(reason.into())));
     }
     /// Sends `update` to every standby of this task, in order (S17).
     pub fn replicate(&mut self, update: impl Into<Bytes>) {

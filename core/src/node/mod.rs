@@ -205,7 +205,7 @@ pub struct Node {
     relist_needed: bool,
     /// An epoch advance or job exit that must be retried after a store failure.
     retry_advance: Option<Epoch>,
-    retry_exit: Option<String>,
+    retry_exit: Option<ExitReason>,
 
     role: Role,
     task: Option<Box<dyn Task>>,

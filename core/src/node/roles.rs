@@ -460,7 +460,7 @@ impl Node {
         }
     }
 
-    pub(super) fn send_exit(&mut self, reason: String) {
+    pub(super) fn send_exit(&mut self, reason: ExitReason) {
         if self.op_in_flight(|k| *k == OpKind::Exit) {
             return;
         }
@@ -468,7 +468,7 @@ impl Node {
             compares: vec![Compare::absent(self.keys.key(Key::Exit))],
             success: vec![TxnOp::Put {
                 key: self.keys.key(Key::Exit),
-                value: keys::encode(&ExitReason::Completed(reason)),
+                value: keys::encode(&reason),
                 lease: 0,
             }],
             failure: vec![],
