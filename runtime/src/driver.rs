@@ -212,7 +212,8 @@ struct Loop {
     outbound: BTreeMap<NodeId, Outbound>,
     generation: u64,
     watches: BTreeMap<i64, JoinHandle<()>>,
-    ops: tokio::task::JoinSet<()>,
+    /// Store operations in flight (JoinSet is not available under madsim).
+    ops: Vec<JoinHandle<()>>,
     events: Option<EventSink>,
     exit: Option<Option<ExitReason>>,
     refused: Option<String>,
@@ -270,7 +271,7 @@ async fn run_on(
         outbound: BTreeMap::new(),
         generation: 0,
         watches: BTreeMap::new(),
-        ops: tokio::task::JoinSet::new(),
+        ops: Vec::new(),
         events,
         exit: None,
         refused: None,
@@ -326,12 +327,16 @@ async fn run_on(
         w.abort();
     }
     if killed {
-        l.ops.abort_all();
+        for op in &l.ops {
+            op.abort();
+        }
         return Ok(NodeExit::Killed);
     }
     // Let the last store operations (the lease revocation) finish.
     let _ = tokio::time::timeout(l.opts.op_timeout, async {
-        while l.ops.join_next().await.is_some() {}
+        for op in std::mem::take(&mut l.ops) {
+            let _ = op.await;
+        }
     })
     .await;
     match result {
@@ -527,7 +532,8 @@ impl Loop {
                 ));
             }
             op => {
-                self.ops.spawn(async move {
+                self.ops.retain(|op| !op.is_finished());
+                self.ops.push(tokio::spawn(async move {
                     let r = match tokio::time::timeout(limit, store.execute(op)).await {
                         Ok(r) => r,
                         Err(_) => Err(StoreError::Unavailable(format!(
@@ -535,8 +541,7 @@ impl Loop {
                         ))),
                     };
                     let _ = inputs.send(Input::StoreResult(id, r));
-                });
-                while self.ops.try_join_next().is_some() {}
+                }));
             }
         }
     }

@@ -176,7 +176,7 @@ async fn serve_inbound(
     events: &mpsc::UnboundedSender<TransportEvent>,
 ) -> Result<(), FrameError> {
     let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let (kind, body) = tokio::time::timeout(cfg.connect_timeout, read_frame(&mut rd))
         .await
         .map_err(|_| FrameError::Silent(cfg.connect_timeout))??;
@@ -255,7 +255,7 @@ async fn outbound(
         .await
         .map_err(|_| FrameError::Silent(cfg.connect_timeout))??;
     let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let me = Hello {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
