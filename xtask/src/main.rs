@@ -14,7 +14,8 @@ Commands:
   test    Install what the tests need when missing (Debian: etcd-server,
           etcd-client, protobuf-compiler; as root), then run every check CI
           runs, in order, stopping at the first failure: formatting, clippy,
-          all tests (real etcd and real processes included), doc tests
+          all tests (real etcd and real processes included), doc tests,
+          and a build of the runtime under madsim
   help    Print this message";
 
 /// One step of a command: a program and its arguments, run from the
@@ -26,6 +27,8 @@ struct Step {
     program: &'static str,
     /// Its arguments.
     args: &'static [&'static str],
+    /// Extra environment variables.
+    env: &'static [(&'static str, &'static str)],
 }
 
 /// The steps of `cargo xtask test`, in order. Add new checks here.
@@ -38,6 +41,7 @@ const TEST_STEPS: &[Step] = &[
         name: "formatting",
         program: "cargo",
         args: &["fmt", "--all", "--", "--check"],
+        env: &[],
     },
     Step {
         name: "clippy",
@@ -51,16 +55,33 @@ const TEST_STEPS: &[Step] = &[
             "-D",
             "warnings",
         ],
+        env: &[],
     },
     Step {
         name: "tests",
         program: "cargo",
         args: &["test", "--workspace", "--all-targets", "--all-features"],
+        env: &[],
     },
     Step {
         name: "doc tests",
         program: "cargo",
         args: &["test", "--workspace", "--doc", "--all-features"],
+        env: &[],
+    },
+    Step {
+        // The runtime must compile unchanged under the madsim simulator
+        // (its own target directory: other RUSTFLAGS invalidate the cache).
+        name: "runtime under madsim",
+        program: "cargo",
+        args: &[
+            "check",
+            "-p",
+            "taskgraph-runtime",
+            "--target-dir",
+            "target/madsim",
+        ],
+        env: &[("RUSTFLAGS", "--cfg madsim")],
     },
 ];
 
@@ -139,7 +160,12 @@ fn cargo() -> OsString {
 fn run_steps(steps: &[Step]) -> Result<(), Failure> {
     let root = workspace_root();
     for (number, step) in steps.iter().enumerate() {
-        let shown = format!("{} {}", step.program, step.args.join(" "));
+        let env: String = step
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{v}\" "))
+            .collect();
+        let shown = format!("{env}{} {}", step.program, step.args.join(" "));
         println!(
             "\n==> [{}/{}] {}: {shown}",
             number + 1,
@@ -153,6 +179,7 @@ fn run_steps(steps: &[Step]) -> Result<(), Failure> {
         };
         let status = Command::new(&program)
             .args(step.args)
+            .envs(step.env.iter().copied())
             .current_dir(&root)
             .status()
             .map_err(|err| Failure::new(format!("could not run `{shown}`: {err}")))?;
