@@ -212,7 +212,8 @@ pub enum Event {
         /// Why the job ended.
         reason: ExitReason,
     },
-    /// The node stopped; no more actions follow except its lease revocation.
+    /// The node stopped (its lease revocation was emitted just before); no
+    /// more actions follow.
     Stopped {
         /// The job's exit reason, or `None` if only this node was stopped.
         reason: Option<ExitReason>,

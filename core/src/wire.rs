@@ -1,7 +1,7 @@
 //! Messages between nodes and their encoding.
 //!
 //! Every message is an [`Envelope`]: protocol version, job, sender node and
-//! session, a per-connection sequence number, and the sending task's
+//! session, a sequence number, and the sending task's
 //! incarnation and epoch (S3), around a [`Body`]. Frames are encoded with
 //! `postcard`; [`decode`] never panics on any input.
 
@@ -36,7 +36,9 @@ pub struct Envelope {
     pub from_node: NodeId,
     /// Sending node's session.
     pub from_session: SessionId,
-    /// Strictly increasing per (sender session, receiver node).
+    /// The sender's message counter: one counter per sender node, never
+    /// reset, so the messages any receiver gets from one sender session are
+    /// strictly increasing (S16).
     pub seq: u64,
     /// Sending task.
     pub from_task: TaskId,

@@ -318,6 +318,13 @@ async fn run_on(
         if let Err(p) = step {
             break Err(p);
         }
+        // A steady stream of inputs must not starve the timer (lease
+        // renewals go out from it): fire it whenever it is due.
+        if l.node.poll_timeout().is_some_and(|t| t <= clock::now()) {
+            if let Err(p) = l.guard(|n| n.handle_timeout(clock::now())) {
+                break Err(p);
+            }
+        }
     };
     acceptor.abort();
     for (_, o) in std::mem::take(&mut l.outbound) {
@@ -332,6 +339,14 @@ async fn run_on(
         }
         return Ok(NodeExit::Killed);
     }
+    if let Err(panic) = &result {
+        // S6: a node whose task panicked revokes its lease first, so that
+        // failover starts at once.
+        let lease = l.node.session().0;
+        tracing::error!(%panic, "task panicked; revoking the lease");
+        let revoke = l.store.execute(StoreOp::LeaseRevoke { lease });
+        let _ = tokio::time::timeout(l.opts.op_timeout, revoke).await;
+    }
     // Let the last store operations (the lease revocation) finish.
     let _ = tokio::time::timeout(l.opts.op_timeout, async {
         for op in std::mem::take(&mut l.ops) {
@@ -345,18 +360,7 @@ async fn run_on(
             Some(detail) => Err(RuntimeError::Refused(detail)),
             None => Ok(NodeExit::Shutdown),
         },
-        Err(panic) => {
-            // S6: a node whose task panicked revokes its lease so that
-            // failover starts at once.
-            let lease = l.node.session().0;
-            tracing::error!(%panic, "task panicked; revoking the lease");
-            let _ = tokio::time::timeout(
-                l.opts.op_timeout,
-                l.store.execute(StoreOp::LeaseRevoke { lease }),
-            )
-            .await;
-            Err(RuntimeError::TaskPanicked(panic))
-        }
+        Err(panic) => Err(RuntimeError::TaskPanicked(panic)),
     }
 }
 
@@ -395,10 +399,16 @@ impl Loop {
                 Action::Store { id, op } => self.store_op(id, op),
                 Action::Connect { node, addr } => self.connect(node, addr),
                 Action::Send { to, msg } => {
+                    let frame = transport::message_frame(&msg);
+                    if frame.len() > wire::MAX_FRAME_LEN {
+                        // The peer would refuse it, and a resend would loop.
+                        tracing::error!(%to, len = frame.len(), "message over the frame limit dropped");
+                        continue;
+                    }
                     let delivered = self
                         .outbound
                         .get(&to)
-                        .is_some_and(|o| o.queue.send(transport::message_frame(&msg)).is_ok());
+                        .is_some_and(|o| o.queue.send(frame).is_ok());
                     if !delivered {
                         let generation = self.outbound.get(&to).map_or(0, |o| o.generation);
                         let _ = self

@@ -9,9 +9,10 @@
 //! ```
 //!
 //! Each node opens one connection per peer it sends to; messages flow from
-//! connector to acceptor, heartbeats both ways. A connection silent for
-//! three heartbeats is closed, and its connector reports the peer
-//! disconnected to the core, which reconnects with backoff and resends.
+//! connector to acceptor, heartbeats both ways. Either side closes a
+//! connection on which no frame started for three heartbeats; the connector
+//! then reports the peer disconnected to the core, which reconnects with
+//! backoff and resends.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -101,6 +102,14 @@ fn hello_frame(h: &Hello) -> Bytes {
 
 async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<(u8, Vec<u8>), FrameError> {
     let len = r.read_u32().await? as usize;
+    read_body(r, len).await
+}
+
+/// Reads the kind and body of a frame whose length prefix was `len`.
+async fn read_body<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+    len: usize,
+) -> Result<(u8, Vec<u8>), FrameError> {
     if len == 0 {
         return Err(FrameError::Protocol("empty frame".into()));
     }
@@ -143,6 +152,8 @@ pub async fn accept_loop(
     session: tokio::sync::watch::Receiver<SessionId>,
     events: mpsc::UnboundedSender<TransportEvent>,
 ) {
+    // Connection tasks end with this loop (when the node stops or is killed).
+    let mut children = AbortOnDrop(Vec::new());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -156,7 +167,8 @@ pub async fn accept_loop(
             return;
         }
         let (cfg, events, session) = (cfg.clone(), events.clone(), session.clone());
-        tokio::spawn(async move {
+        children.0.retain(|t| !t.is_finished());
+        children.0.push(tokio::spawn(async move {
             match serve_inbound(stream, &cfg, session, &events).await {
                 Ok(()) => {}
                 // A peer that goes away or falls silent is routine.
@@ -165,7 +177,7 @@ pub async fn accept_loop(
                 }
                 Err(e) => tracing::warn!(node = %cfg.node, %peer, %e, "inbound connection refused"),
             }
-        });
+        }));
     }
 }
 
@@ -189,31 +201,60 @@ async fn serve_inbound(
         session: *session.borrow(),
     };
     wr.write_all(&hello_frame(&me)).await?;
+    // Heartbeats go out from their own task, so that reading is never
+    // interrupted halfway through a frame (read_frame is not cancel-safe).
+    let beat_every = cfg.heartbeat;
+    let beats = AbortOnDrop(vec![tokio::spawn(async move {
+        let mut beat = tokio::time::interval(beat_every);
+        loop {
+            beat.tick().await;
+            if wr.write_all(&frame(BEAT, &[])).await.is_err() {
+                return;
+            }
+        }
+    })]);
     let silence = cfg.heartbeat * 3;
-    let mut beat = tokio::time::interval(cfg.heartbeat);
     loop {
-        tokio::select! {
-            biased;
-            r = tokio::time::timeout(silence, read_frame(&mut rd)) => {
-                let (kind, body) = r.map_err(|_| FrameError::Silent(silence))??;
-                match kind {
-                    MSG => match wire::decode(&body) {
-                        Ok(msg) => {
-                            if events.send(TransportEvent::Message(hello.node, msg)).is_err() {
-                                return Ok(());
-                            }
-                        }
-                        Err(e) => {
-                            return Err(FrameError::Protocol(format!("undecodable message: {e}")));
-                        }
-                    },
-                    BEAT => {}
-                    k => return Err(FrameError::Protocol(format!("unexpected frame kind {k}"))),
+        // The next frame must start within three heartbeats; once started,
+        // it may take longer to arrive in full (large payloads).
+        let len = tokio::time::timeout(silence, rd.read_u32())
+            .await
+            .map_err(|_| FrameError::Silent(silence))??;
+        let (kind, body) =
+            tokio::time::timeout(FRAME_BODY_TIMEOUT, read_body(&mut rd, len as usize))
+                .await
+                .map_err(|_| FrameError::Silent(FRAME_BODY_TIMEOUT))??;
+        match kind {
+            MSG => match wire::decode(&body) {
+                Ok(msg) => {
+                    if events
+                        .send(TransportEvent::Message(hello.node, msg))
+                        .is_err()
+                    {
+                        drop(beats);
+                        return Ok(());
+                    }
                 }
-            }
-            _ = beat.tick() => {
-                wr.write_all(&frame(BEAT, &[])).await?;
-            }
+                Err(e) => {
+                    return Err(FrameError::Protocol(format!("undecodable message: {e}")));
+                }
+            },
+            BEAT => {}
+            k => return Err(FrameError::Protocol(format!("unexpected frame kind {k}"))),
+        }
+    }
+}
+
+/// Time allowed for the rest of a frame once its length has arrived.
+const FRAME_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Aborts the tasks it holds when dropped.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
         }
     }
 }

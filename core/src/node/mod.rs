@@ -93,7 +93,10 @@ enum OpKind {
         from: Epoch,
         retried: bool,
     },
+    /// The application's exit_job / fail_job.
     Exit,
+    /// Ending the job because a task failed too often (S7).
+    FailureLimit,
     /// Results nobody waits for (revoking an old lease, canceling a watch).
     Ignored,
 }
@@ -450,9 +453,7 @@ impl Node {
             // A renewal counts even if the node has since stopped acting; the
             // deadline is checked below from the updated state.
             self.on_keepalive(now, *sent, *lease, &result);
-            if !self.input(now) {
-                return;
-            }
+            self.input(now);
             return;
         }
         if !self.input(now) {

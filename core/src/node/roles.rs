@@ -41,8 +41,7 @@ impl Node {
                 if self.is_me(&e) {
                     if self.primary_of().map(|(task, _)| task) != Some(t) {
                         // Our claim succeeded but its result was lost.
-                        let promoted = matches!(self.role, Role::Standby { task, .. } if task == t);
-                        self.become_primary(now, t, e.incarnation(), promoted);
+                        self.take_primary(now, t, e.incarnation());
                     }
                 } else if self.primary_of().is_some() {
                     self.neighbour_up(now, t, e.incarnation());
@@ -52,8 +51,9 @@ impl Node {
                 if e.incarnation() > self.dead_upto[t.index()] {
                     self.dead_upto[t.index()] = e.incarnation();
                 }
-                if self.is_me(&e) {
-                    // Only the lease's end deletes a primary key.
+                if self.is_me(&e) && self.primary_of() == Some((t, e.incarnation())) {
+                    // Only the lease's end deletes the key of a primary in
+                    // office (a released second role is not in office).
                     self.lose_session(now, StepDownReason::LeaseLost);
                 } else if self.primary_of().is_some() {
                     self.neighbour_down(now, t, e.incarnation());
@@ -61,9 +61,7 @@ impl Node {
             }
             Change::StandbyUp(t, slot, e) => {
                 if self.is_me(&e) {
-                    if self.role == Role::Spare {
-                        self.become_standby(now, t, slot, e.create_revision);
-                    }
+                    self.take_standby(now, t, slot, e.create_revision);
                 } else if self.primary_of().map(|(task, _)| task) == Some(t) {
                     self.send_replica_log(e.record.node, e.create_revision);
                 }
@@ -196,7 +194,7 @@ impl Node {
                 }],
                 failure: vec![],
             };
-            self.store_op(OpKind::Exit, op);
+            self.store_op(OpKind::FailureLimit, op);
             return;
         }
         let mut success = vec![
@@ -257,7 +255,46 @@ impl Node {
         if self.primary_of().map(|(t, _)| t) == Some(task) {
             return; // already adopted from the watch
         }
-        self.become_primary(now, task, Incarnation(revision), promoted);
+        let _ = promoted;
+        self.take_primary(now, task, Incarnation(revision));
+    }
+
+    /// This node's session holds the primary key of `task`: take the role,
+    /// unless the node already holds another one (a claim whose reply was
+    /// lost, then a second claim): then give the key back, so that the
+    /// task fails over instead of being held by nobody.
+    fn take_primary(&mut self, now: Instant, task: TaskId, incarnation: Incarnation) {
+        match self.role {
+            Role::Spare => self.become_primary(now, task, incarnation, false),
+            Role::Standby { task: t, .. } if t == task => {
+                self.become_primary(now, task, incarnation, true)
+            }
+            _ => self.release(Key::Primary(task), incarnation.0),
+        }
+    }
+
+    /// This node's session holds standby slot `slot` of `task`: as
+    /// [`Node::take_primary`].
+    fn take_standby(&mut self, now: Instant, task: TaskId, slot: u32, since: i64) {
+        match self.role {
+            Role::Spare => self.become_standby(now, task, slot, since),
+            Role::Standby {
+                task: t, slot: s, ..
+            } if t == task && s == slot => {}
+            _ => self.release(Key::Standby(task, slot), since),
+        }
+    }
+
+    /// Deletes a role key this session holds but must not (if unchanged).
+    fn release(&mut self, key: Key, create_revision: i64) {
+        let key = self.keys.key(key);
+        tracing::warn!(node = %self.cfg.node, %key, "holding a second role; giving it back");
+        let op = StoreOp::Txn {
+            compares: vec![Compare::create_revision_eq(key.clone(), create_revision)],
+            success: vec![TxnOp::Delete { key, prefix: false }],
+            failure: vec![],
+        };
+        self.store_op(OpKind::Ignored, op);
     }
 
     pub(super) fn on_claim_standby(
@@ -268,10 +305,10 @@ impl Node {
         ok: bool,
         revision: i64,
     ) {
-        if !ok || self.phase != Phase::Running || self.role != Role::Spare {
+        if !ok || self.phase != Phase::Running {
             return;
         }
-        self.become_standby(now, task, slot, revision);
+        self.take_standby(now, task, slot, revision);
     }
 
     fn build(&mut self, task: TaskId) {
@@ -334,8 +371,17 @@ impl Node {
         let Some((task, _)) = self.primary_of() else {
             return;
         };
-        self.primary.parents = self.topology.parents(task, epoch);
-        self.primary.children = self.topology.children(task, epoch);
+        // Sorted and deduplicated whatever the topology returns: lookups
+        // below use binary search (the topology is validated at epoch 0
+        // only; a per-epoch topology may be sloppy later).
+        let clean = |mut v: Vec<TaskId>| {
+            v.sort_unstable();
+            v.dedup();
+            v.retain(|t| t.0 < self.cfg.num_tasks && *t != task);
+            v
+        };
+        self.primary.parents = clean(self.topology.parents(task, epoch));
+        self.primary.children = clean(self.topology.children(task, epoch));
         self.ctx.parents = self.primary.parents.clone();
         self.ctx.children = self.primary.children.clone();
     }

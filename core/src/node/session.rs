@@ -85,7 +85,7 @@ impl Node {
         self.view = View::new(self.cfg.num_tasks);
         self.retry_at = None;
         self.retry_advance = None;
-        self.retry_exit = None;
+        // A pending exit_job outlives the session: the job must still end.
         self.held.clear();
     }
 
@@ -201,8 +201,9 @@ impl Node {
                 return;
             }
             (OpKind::List | OpKind::Watch, StoreError::Compacted { .. }) => {
-                // Handled by retry: a list is issued when the watch is missing.
+                // The history is gone: list again, then watch from there.
                 self.watch = None;
+                self.relist_needed = true;
             }
             _ => {}
         }
@@ -212,7 +213,6 @@ impl Node {
                 self.retry_advance = Some(from);
                 self.schedule_retry(now);
             }
-            OpKind::Exit => self.schedule_retry(now),
             _ => self.schedule_retry(now),
         }
     }
@@ -342,6 +342,10 @@ impl Node {
         }
         self.phase = Phase::Running;
         self.watch_from(revision + 1);
+        if let (Some(reason), None) = (self.retry_exit.clone(), &self.view.exit) {
+            // An exit_job asked for in an earlier session still ends the job.
+            self.send_exit(reason);
+        }
         if let Some(reason) = self.view.exit.clone() {
             // The job is over: return at once without init (S18).
             self.on_exit(reason);
@@ -358,26 +362,31 @@ impl Node {
     fn on_relisted(&mut self, now: Instant, kvs: Vec<KeyValue>, revision: i64) {
         self.relist_needed = false;
         let mut events = Vec::new();
-        let listed: std::collections::BTreeMap<String, ()> =
-            kvs.iter().map(|kv| (kv.key.clone(), ())).collect();
-        for key in self.view.mod_revisions.keys() {
-            if !listed.contains_key(key) {
-                events.push(WatchEvent {
-                    kind: WatchEventKind::Delete,
-                    kv: KeyValue {
-                        key: key.clone(),
-                        value: Default::default(),
-                        create_revision: 0,
-                        mod_revision: revision,
-                        version: 0,
-                        lease: 0,
-                    },
-                });
+        let listed: std::collections::BTreeMap<String, i64> = kvs
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.create_revision))
+            .collect();
+        let delete = |key: &str| WatchEvent {
+            kind: WatchEventKind::Delete,
+            kv: KeyValue {
+                key: key.to_string(),
+                value: Default::default(),
+                create_revision: 0,
+                mod_revision: revision,
+                version: 0,
+                lease: 0,
+            },
+        };
+        for (key, (_, created)) in &self.view.mod_revisions {
+            // Gone, or deleted and created again while the watch was down:
+            // either way the old key died (S4).
+            if listed.get(key) != Some(created) {
+                events.push(delete(key));
             }
         }
         let mut puts: Vec<KeyValue> = kvs
             .into_iter()
-            .filter(|kv| self.view.mod_revisions.get(&kv.key) != Some(&kv.mod_revision))
+            .filter(|kv| self.view.mod_revisions.get(&kv.key).map(|r| r.0) != Some(kv.mod_revision))
             .collect();
         puts.sort_by_key(|kv| kv.mod_revision);
         events.extend(puts.into_iter().map(|kv| WatchEvent {

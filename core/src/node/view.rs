@@ -56,8 +56,9 @@ pub(crate) struct View {
     pub exit: Option<ExitReason>,
     /// Failure record and its mod revision (0 if absent).
     pub failures: Vec<(FailureRecord, Revision)>,
-    /// Every key of the job known to the view with its mod revision (for relisting).
-    pub mod_revisions: BTreeMap<String, Revision>,
+    /// Every key of the job known to the view with its (mod, create)
+    /// revisions (for relisting).
+    pub mod_revisions: BTreeMap<String, (Revision, Revision)>,
 }
 
 impl View {
@@ -82,8 +83,10 @@ impl View {
         }
         match ev.kind {
             WatchEventKind::Put => {
-                self.mod_revisions
-                    .insert(ev.kv.key.clone(), ev.kv.mod_revision);
+                self.mod_revisions.insert(
+                    ev.kv.key.clone(),
+                    (ev.kv.mod_revision, ev.kv.create_revision),
+                );
                 self.put(keys, &ev.kv)
             }
             WatchEventKind::Delete => {
