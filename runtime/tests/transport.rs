@@ -103,3 +103,80 @@ async fn s19_garbage_oversized_frames_and_foreign_peers_are_refused_and_the_job_
         "{all:?}"
     );
 }
+
+fn meta_frame(seq: u64) -> Vec<u8> {
+    use taskgraph_core::wire::{Body, Direction, Envelope};
+    use taskgraph_core::{Epoch, Incarnation, TaskId};
+    let msg = Envelope {
+        version: PROTOCOL_VERSION,
+        job: wire::job_tag("transport"),
+        from_node: NodeId(99),
+        from_session: SessionId(1),
+        seq,
+        from_task: TaskId(0),
+        incarnation: Incarnation(1),
+        epoch: Epoch(0),
+        to_task: TaskId(1),
+        to_incarnation: Incarnation(1),
+        body: Body::Meta {
+            direction: Direction::ToChildren,
+            flag: 0,
+            meta: bytes::Bytes::from_static(b"m"),
+        },
+    };
+    frame(2, &wire::encode(&msg))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_split_across_heartbeats_arrive_whole_and_silent_peers_are_dropped() {
+    let store: Arc<dyn Store> = Arc::new(MemStoreServer::new());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cfg = NodeConfig::new(NodeId(1), "transport", "", 3, 0);
+    let opts = NodeOptions::new(cfg, "127.0.0.1:0".parse().expect("addr"));
+    let heartbeat = opts.heartbeat;
+    let topo = Arc::new(TreeTopology::new(2, 3).expect("tree"));
+    let builder =
+        TreeSumBuilder::new(3, 1_000, Results::default()).with_pace(Duration::from_secs(60));
+    let node = spawn_node(opts, store, topo, Box::new(builder), Some(tx))
+        .await
+        .expect("starts");
+    let mut s = TcpStream::connect(node.addr).await.expect("connects");
+    s.write_all(&hello("transport", PROTOCOL_VERSION))
+        .await
+        .expect("hello");
+    // One frame in two halves, more than a heartbeat apart, then another.
+    let f = meta_frame(1);
+    s.write_all(&f[..7]).await.expect("first half");
+    tokio::time::sleep(heartbeat + Duration::from_millis(200)).await;
+    s.write_all(&f[7..]).await.expect("second half");
+    s.write_all(&meta_frame(2)).await.expect("next frame");
+    let mut seen = 0;
+    while seen < 2 {
+        match tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
+            Ok(Some((
+                _,
+                taskgraph_core::Event::MessageDropped {
+                    from: NodeId(99), ..
+                },
+            ))) => seen += 1,
+            Ok(Some(_)) => {}
+            other => panic!("only {seen} of 2 frames reached the node: {other:?}"),
+        }
+    }
+    // Now fall silent: the node closes the connection within three heartbeats.
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => continue, // its heartbeats
+            Err(_) => panic!("a silent peer was never dropped"),
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        took <= heartbeat * 3 + Duration::from_millis(500),
+        "dropped after {took:?}"
+    );
+    node.shutdown.stop();
+}
