@@ -14,7 +14,7 @@ Commands:
   test    Install what the tests need when missing (Debian: etcd-server,
           etcd-client, protobuf-compiler; as root), then run every check CI
           runs, in order, stopping at the first failure: formatting, clippy,
-          all tests (real etcd and real processes included), doc tests,
+          the examples, all tests (real etcd and real processes included), doc tests,
           and a build of the runtime under madsim
   help    Print this message";
 
@@ -55,6 +55,14 @@ const TEST_STEPS: &[Step] = &[
             "-D",
             "warnings",
         ],
+        env: &[],
+    },
+    Step {
+        // The process tests run the tree_sum example as a program; build it
+        // (with the etcd backend) under its plain name first.
+        name: "examples",
+        program: "cargo",
+        args: &["build", "--workspace", "--examples", "--all-features"],
         env: &[],
     },
     Step {
