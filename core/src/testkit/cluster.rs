@@ -662,6 +662,7 @@ impl Cluster {
     }
 
     fn deliver(&mut self, ev: Ev) {
+        let Some(ev) = self.admit(ev) else { return };
         match ev {
             Ev::StoreArrive { node, life, id, op } => {
                 if self.cut_from_store(node) {
@@ -718,29 +719,15 @@ impl Cluster {
             }
             Ev::StoreReply {
                 node,
-                life,
+                life: _,
                 id,
                 result,
             } => {
-                if life != self.life(node) {
-                    return;
-                }
                 let result = if self.cut_from_store(node) && result.is_ok() {
                     Err(StoreError::Unavailable("reply lost".into()))
                 } else {
                     result
                 };
-                if self.inbox_if_paused(
-                    node,
-                    Ev::StoreReply {
-                        node,
-                        life,
-                        id,
-                        result: result.clone(),
-                    },
-                ) {
-                    return;
-                }
                 self.note(Some(node), format_args!("store result {id:?}: {result:?}"));
                 let now = self.now;
                 if let Some(n) = self.node_mut(node) {
@@ -748,20 +735,7 @@ impl Cluster {
                 }
                 self.drain(node);
             }
-            Ev::Watch { node, life, resp } => {
-                if life != self.life(node) {
-                    return;
-                }
-                if self.inbox_if_paused(
-                    node,
-                    Ev::Watch {
-                        node,
-                        life,
-                        resp: resp.clone(),
-                    },
-                ) {
-                    return;
-                }
+            Ev::Watch { node, resp, .. } => {
                 self.note(Some(node), format_args!("watch {resp:?}"));
                 let now = self.now;
                 if let Some(n) = self.node_mut(node) {
@@ -769,29 +743,7 @@ impl Cluster {
                 }
                 self.drain(node);
             }
-            Ev::Msg { from, to, gen, msg } => {
-                let live = self
-                    .conns
-                    .get(&(from, to))
-                    .is_some_and(|c| c.gen == gen && !c.broken);
-                if !live {
-                    return;
-                }
-                if self.blocked.contains(&(from, to)) || !self.is_up(to) {
-                    self.break_conn(from, to);
-                    return;
-                }
-                if self.inbox_if_paused(
-                    to,
-                    Ev::Msg {
-                        from,
-                        to,
-                        gen,
-                        msg: msg.clone(),
-                    },
-                ) {
-                    return;
-                }
+            Ev::Msg { from, to, msg, .. } => {
                 self.note(Some(to), format_args!("message from {from:?}: {msg:?}"));
                 let now = self.now;
                 if let Some(n) = self.node_mut(to) {
@@ -799,13 +751,7 @@ impl Cluster {
                 }
                 self.drain(to);
             }
-            Ev::Disconnect { node, life, peer } => {
-                if life != self.life(node) {
-                    return;
-                }
-                if self.inbox_if_paused(node, Ev::Disconnect { node, life, peer }) {
-                    return;
-                }
+            Ev::Disconnect { node, peer, .. } => {
                 self.note(Some(node), format_args!("disconnected from {peer:?}"));
                 let now = self.now;
                 if let Some(n) = self.node_mut(node) {
@@ -816,13 +762,42 @@ impl Cluster {
         }
     }
 
-    fn inbox_if_paused(&mut self, node: NodeId, ev: Ev) -> bool {
-        match self.nodes.get_mut(&node) {
+    /// Whether `ev`, bound for a node, should be dropped (an earlier life of
+    /// the node, a connection that is gone) or held (the node is paused);
+    /// returns the event back if it is to be delivered now.
+    fn admit(&mut self, ev: Ev) -> Option<Ev> {
+        let target = match &ev {
+            Ev::StoreArrive { .. } => return Some(ev),
+            Ev::StoreReply { node, life, .. }
+            | Ev::Watch { node, life, .. }
+            | Ev::Disconnect { node, life, .. } => {
+                if *life != self.life(*node) {
+                    return None;
+                }
+                *node
+            }
+            Ev::Msg { from, to, gen, .. } => {
+                let (from, to) = (*from, *to);
+                let live = self
+                    .conns
+                    .get(&(from, to))
+                    .is_some_and(|c| c.gen == *gen && !c.broken);
+                if !live {
+                    return None;
+                }
+                if self.blocked.contains(&(from, to)) || !self.is_up(to) {
+                    self.break_conn(from, to);
+                    return None;
+                }
+                to
+            }
+        };
+        match self.nodes.get_mut(&target) {
             Some(s) if s.paused_until.is_some() => {
                 s.inbox.push(ev);
-                true
+                None
             }
-            _ => false,
+            _ => Some(ev),
         }
     }
 
