@@ -13,4 +13,4 @@ pub use driver::{
 };
 #[cfg(feature = "etcd")]
 pub use store::etcd::{EtcdOptions, EtcdStore};
-pub use store::{MemStoreServer, Store, StoreFuture, WatchStream};
+pub use store::{serve_store, MemStoreServer, RemoteStore, Store, StoreFuture, WatchStream};

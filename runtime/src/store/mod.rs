@@ -10,8 +10,10 @@ use tokio::sync::mpsc;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 mod mem;
+pub mod remote;
 
 pub use mem::MemStoreServer;
+pub use remote::{serve_store, RemoteStore};
 
 /// A boxed future, as [`Store`] methods return.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
