@@ -201,6 +201,7 @@ async fn serve_inbound(
         session: *session.borrow(),
     };
     wr.write_all(&hello_frame(&me)).await?;
+    wr.flush().await?;
     // Heartbeats go out from their own task, so that reading is never
     // interrupted halfway through a frame (read_frame is not cancel-safe).
     let beat_every = cfg.heartbeat;
@@ -208,7 +209,7 @@ async fn serve_inbound(
         let mut beat = tokio::time::interval(beat_every);
         loop {
             beat.tick().await;
-            if wr.write_all(&frame(BEAT, &[])).await.is_err() {
+            if wr.write_all(&frame(BEAT, &[])).await.is_err() || wr.flush().await.is_err() {
                 return;
             }
         }
@@ -288,10 +289,14 @@ async fn outbound(
     addr: &str,
     queue: &mut mpsc::UnboundedReceiver<Bytes>,
 ) -> Result<(), FrameError> {
-    let addr: SocketAddr = tokio::net::lookup_host(addr)
-        .await?
-        .next()
-        .ok_or_else(|| FrameError::Protocol(format!("no address for {addr}")))?;
+    // An `ip:port` needs no resolver (and the simulator has none).
+    let addr: SocketAddr = match addr.parse() {
+        Ok(a) => a,
+        Err(_) => tokio::net::lookup_host(addr)
+            .await?
+            .next()
+            .ok_or_else(|| FrameError::Protocol(format!("no address for {addr}")))?,
+    };
     let stream = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| FrameError::Silent(cfg.connect_timeout))??;
@@ -305,6 +310,7 @@ async fn outbound(
         session,
     };
     wr.write_all(&hello_frame(&me)).await?;
+    wr.flush().await?;
     let (kind, body) = tokio::time::timeout(cfg.connect_timeout, read_frame(&mut rd))
         .await
         .map_err(|_| FrameError::Silent(cfg.connect_timeout))??;
@@ -323,7 +329,10 @@ async fn outbound(
         tokio::select! {
             biased;
             f = queue.recv() => match f {
-                Some(f) => wr.write_all(&f).await?,
+                Some(f) => {
+                    wr.write_all(&f).await?;
+                    wr.flush().await?;
+                }
                 None => return Ok(()),
             },
             n = rd.read(&mut buf) => {
@@ -338,6 +347,7 @@ async fn outbound(
                     return Err(FrameError::Silent(silence));
                 }
                 wr.write_all(&frame(BEAT, &[])).await?;
+        wr.flush().await?;
             }
         }
     }

@@ -21,9 +21,10 @@ async fn start(
     standbys: u32,
     results: &Results,
     events: &mpsc::UnboundedSender<(NodeId, Event)>,
+    pace: Duration,
 ) -> NodeHandle {
     let topo = Arc::new(TreeTopology::new(2, tasks).expect("tree"));
-    let builder = TreeSumBuilder::new(tasks, 10, results.clone());
+    let builder = TreeSumBuilder::new(tasks, 10, results.clone()).with_pace(pace);
     spawn_node(
         options(id, job, tasks, standbys),
         store.clone(),
@@ -42,7 +43,7 @@ async fn tree_sum_on_loopback_with_the_embedded_store() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut nodes = Vec::new();
     for id in 1..=32 {
-        nodes.push(start(&store, id, "embedded", 15, 1, &results, &tx).await);
+        nodes.push(start(&store, id, "embedded", 15, 1, &results, &tx, Duration::ZERO).await);
     }
     let mut exits = Vec::new();
     for n in nodes {
@@ -83,7 +84,19 @@ async fn killed_primary_fails_over_and_the_job_finishes() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut nodes = Vec::new();
     for id in 1..=7 {
-        nodes.push(start(&store, id, "kill", 3, 1, &results, &tx).await);
+        nodes.push(
+            start(
+                &store,
+                id,
+                "kill",
+                3,
+                1,
+                &results,
+                &tx,
+                Duration::from_millis(150),
+            )
+            .await,
+        );
     }
     // Wait for task 1's primary, then kill it (no lease revocation).
     let victim = loop {

@@ -15,7 +15,7 @@ Commands:
           etcd-client, protobuf-compiler; as root), then run every check CI
           runs, in order, stopping at the first failure: formatting, clippy,
           the examples, all tests (real etcd and real processes included), doc tests,
-          and a build of the runtime under madsim
+          and the simulation tests (the runtime under madsim)
   help    Print this message";
 
 /// One step of a command: a program and its arguments, run from the
@@ -78,14 +78,15 @@ const TEST_STEPS: &[Step] = &[
         env: &[],
     },
     Step {
-        // The runtime must compile unchanged under the madsim simulator
-        // (its own target directory: other RUSTFLAGS invalidate the cache).
-        name: "runtime under madsim",
+        // The runtime must compile unchanged under the madsim simulator and
+        // run there (its own target directory: other RUSTFLAGS invalidate
+        // the cache).
+        name: "simulation",
         program: "cargo",
         args: &[
-            "check",
+            "test",
             "-p",
-            "taskgraph-runtime",
+            "taskgraph-sim",
             "--target-dir",
             "target/madsim",
         ],

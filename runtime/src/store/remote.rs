@@ -70,7 +70,9 @@ async fn write_frame<W: AsyncWriteExt + Unpin, T: Serialize>(
     let body = postcard::to_allocvec(value).map_err(|e| std::io::Error::other(e.to_string()))?;
     let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("frame too large"))?;
     w.write_all(&len.to_be_bytes()).await?;
-    w.write_all(&body).await
+    w.write_all(&body).await?;
+    // Some streams (the simulator's) hold written bytes until flushed.
+    w.flush().await
 }
 
 async fn read_frame<R: AsyncReadExt + Unpin, T: for<'de> Deserialize<'de>>(

@@ -1,0 +1,71 @@
+//! tree_sum in madsim's deterministic world: the production runtime over the
+//! simulated network, the store on its own machine (run with `--cfg madsim`;
+//! `cargo xtask test` does).
+#![cfg(madsim)]
+
+use std::time::Duration;
+use taskgraph_sim::world::{run_tree_sum, Outcome, Scenario};
+
+fn scenario() -> Scenario {
+    Scenario {
+        tasks: 7,
+        standbys: 1,
+        spares: 1,
+        epochs: 10,
+        pace: Duration::from_millis(200),
+    }
+}
+
+fn check(out: &Outcome) {
+    assert!(
+        (1..=10).all(|e| out.results.iter().any(|r| r.epoch.0 == e)),
+        "every epoch verified: {:?} {:?}",
+        out.results,
+        out.exits
+    );
+    assert!(
+        out.results.iter().all(|r| r.total == r.expected),
+        "{:?}",
+        out.results
+    );
+    let ended = out
+        .exits
+        .iter()
+        .filter(|(_, e)| e.as_deref().is_some_and(|e| e.contains("JobEnded")))
+        .count();
+    assert_eq!(
+        ended,
+        out.exits.len(),
+        "every node (the crashed one restarted) saw the job end: {:?}",
+        out.exits
+    );
+}
+
+#[madsim::test]
+async fn tree_sum_finishes_with_right_answers_after_task_0s_primary_crashes() {
+    // Node 1 is task 0's first primary.
+    let out = run_tree_sum(&scenario(), Some((1, Duration::from_millis(700)))).await;
+    check(&out);
+    let promoted = out
+        .events
+        .iter()
+        .any(|e| e.contains("BecamePrimary { task: TaskId(0)") && e.contains("promoted: true"));
+    assert!(promoted, "task 0's standby took over");
+}
+
+#[test]
+fn the_same_seed_replays_the_same_run() {
+    let run = |seed: u64| {
+        let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        rt.block_on(async {
+            run_tree_sum(&scenario(), Some((3, Duration::from_millis(900)))).await
+        })
+    };
+    let (a, b, c) = (run(7), run(7), run(8));
+    check(&a);
+    assert_eq!(
+        a.events, b.events,
+        "seed 7 twice: the same events at the same simulated times"
+    );
+    assert_ne!(a.events, c.events, "another seed, another run");
+}
