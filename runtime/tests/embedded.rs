@@ -13,15 +13,15 @@ fn options(id: u64, job: &str, tasks: u32, standbys: u32) -> NodeOptions {
     NodeOptions::new(cfg, "127.0.0.1:0".parse().expect("address"))
 }
 
+/// A job's name, task count, standbys per task and pause between epochs.
+type Shape<'a> = (&'a str, u32, u32, Duration);
+
 async fn start(
     store: &Arc<dyn Store>,
     id: u64,
-    job: &str,
-    tasks: u32,
-    standbys: u32,
+    (job, tasks, standbys, pace): Shape<'_>,
     results: &Results,
     events: &mpsc::UnboundedSender<(NodeId, Event)>,
-    pace: Duration,
 ) -> NodeHandle {
     let topo = Arc::new(TreeTopology::new(2, tasks).expect("tree"));
     let builder = TreeSumBuilder::new(tasks, 10, results.clone()).with_pace(pace);
@@ -43,7 +43,16 @@ async fn tree_sum_on_loopback_with_the_embedded_store() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut nodes = Vec::new();
     for id in 1..=32 {
-        nodes.push(start(&store, id, "embedded", 15, 1, &results, &tx, Duration::ZERO).await);
+        nodes.push(
+            start(
+                &store,
+                id,
+                ("embedded", 15, 1, Duration::ZERO),
+                &results,
+                &tx,
+            )
+            .await,
+        );
     }
     let mut exits = Vec::new();
     for n in nodes {
@@ -88,12 +97,9 @@ async fn killed_primary_fails_over_and_the_job_finishes() {
             start(
                 &store,
                 id,
-                "kill",
-                3,
-                1,
+                ("kill", 3, 1, Duration::from_millis(150)),
                 &results,
                 &tx,
-                Duration::from_millis(150),
             )
             .await,
         );
