@@ -228,6 +228,24 @@ impl Checker {
         }
     }
 
+    /// Checks a delivery to `task` in `epoch` of something `from` sent:
+    /// not from a fenced incarnation (S3), within the receiver's current
+    /// epoch (S11). `what` names the delivery in the violation.
+    fn accepted(
+        &mut self,
+        now: Instant,
+        key: (NodeId, SessionId),
+        (task, epoch): (TaskId, Epoch),
+        (from, from_incarnation): (TaskId, Incarnation),
+        what: &str,
+    ) {
+        self.fence(now, key, what, from, from_incarnation);
+        if self.current_epoch(key, task) != Some(epoch) {
+            let node = key.0;
+            self.violation(now, format!("S11: {node} {what} of {epoch} outside it"));
+        }
+    }
+
     fn current_epoch(&mut self, key: (NodeId, SessionId), task: TaskId) -> Option<Epoch> {
         self.sessions
             .entry(key)
@@ -365,13 +383,13 @@ impl Checker {
                 ..
             } => {
                 self.delivered.meta += 1;
-                self.fence(now, key, "meta", *from, *from_incarnation);
-                if self.current_epoch(key, *task) != Some(*epoch) {
-                    self.violation(
-                        now,
-                        format!("S11: {node} delivered meta of {epoch} outside it"),
-                    );
-                }
+                self.accepted(
+                    now,
+                    key,
+                    (*task, *epoch),
+                    (*from, *from_incarnation),
+                    "delivered meta",
+                );
                 let s = self.sessions.entry(key).or_default();
                 if !s
                     .meta
@@ -399,13 +417,13 @@ impl Checker {
                 epoch,
             } => {
                 self.delivered.served += 1;
-                self.fence(now, key, "a request", *from, *from_incarnation);
-                if self.current_epoch(key, *task) != Some(*epoch) {
-                    self.violation(
-                        now,
-                        format!("S11: {node} served a request of {epoch} outside it"),
-                    );
-                }
+                self.accepted(
+                    now,
+                    key,
+                    (*task, *epoch),
+                    (*from, *from_incarnation),
+                    "served a request",
+                );
                 let s = self.sessions.entry(key).or_default();
                 if !s
                     .served
@@ -426,13 +444,13 @@ impl Checker {
                 epoch,
             } => {
                 self.delivered.data += 1;
-                self.fence(now, key, "a reply", *from, *from_incarnation);
-                if self.current_epoch(key, *task) != Some(*epoch) {
-                    self.violation(
-                        now,
-                        format!("S11: {node} delivered data of {epoch} outside it"),
-                    );
-                }
+                self.accepted(
+                    now,
+                    key,
+                    (*task, *epoch),
+                    (*from, *from_incarnation),
+                    "delivered data",
+                );
                 let s = self.sessions.entry(key).or_default();
                 if !s.data.insert((*incarnation, *id)) {
                     self.violation(
