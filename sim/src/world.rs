@@ -54,6 +54,112 @@ const NODE_PORT: u16 = 7000;
 /// Runs `s` in the current madsim runtime: crashes the machine of node
 /// `crash` at `crash_at` (if any) and restarts it a second later.
 pub async fn run_tree_sum(s: &Scenario, crash: Option<(u64, Duration)>) -> Outcome {
+    let faults: Vec<SimFault> = crash
+        .map(|(node, at)| SimFault::Crash {
+            node,
+            at,
+            down: Duration::from_secs(1),
+        })
+        .into_iter()
+        .collect();
+    run_with_faults(s, &faults).await
+}
+
+/// One fault of a simulated run, at a time from the start of the run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SimFault {
+    /// Kill node `node`'s machine at `at`; restart it `down` later.
+    Crash {
+        /// The node.
+        node: u64,
+        /// When.
+        at: Duration,
+        /// How long it stays down.
+        down: Duration,
+    },
+    /// Cut node `node` from everyone (peers and store) for `dur`.
+    Partition {
+        /// The node.
+        node: u64,
+        /// When.
+        at: Duration,
+        /// How long.
+        dur: Duration,
+    },
+    /// Cut the link `from -> to` only, for `dur`.
+    OneWay {
+        /// Sender.
+        from: u64,
+        /// Receiver.
+        to: u64,
+        /// When.
+        at: Duration,
+        /// How long.
+        dur: Duration,
+    },
+    /// Cut the store's machine from everyone for `dur`.
+    StoreOutage {
+        /// When.
+        at: Duration,
+        /// How long.
+        dur: Duration,
+    },
+}
+
+impl SimFault {
+    fn at(&self) -> Duration {
+        match self {
+            SimFault::Crash { at, .. }
+            | SimFault::Partition { at, .. }
+            | SimFault::OneWay { at, .. }
+            | SimFault::StoreOutage { at, .. } => *at,
+        }
+    }
+
+    /// The fault's kind, for counting.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SimFault::Crash { .. } => "crash",
+            SimFault::Partition { .. } => "partition",
+            SimFault::OneWay { .. } => "one_way",
+            SimFault::StoreOutage { .. } => "store_outage",
+        }
+    }
+}
+
+/// `count` random faults within `window` for a scenario of `nodes` nodes,
+/// drawn from `seed`.
+pub fn random_faults(seed: u64, nodes: u64, count: usize, window: Duration) -> Vec<SimFault> {
+    let mut rng = taskgraph_core::testkit::Rng::new(seed);
+    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+    let mut v = Vec::new();
+    for _ in 0..count {
+        let at = Duration::from_millis(rng.range(100, window_ms));
+        let node = rng.range(1, nodes + 1);
+        let dur = Duration::from_millis(rng.range(200, 3_500));
+        v.push(match rng.range(0, 4) {
+            0 => SimFault::Crash {
+                node,
+                at,
+                down: dur,
+            },
+            1 => SimFault::Partition { node, at, dur },
+            2 => SimFault::OneWay {
+                from: node,
+                to: rng.range(1, nodes + 1),
+                at,
+                dur,
+            },
+            _ => SimFault::StoreOutage { at, dur: dur / 2 },
+        });
+    }
+    v.sort_by_key(SimFault::at);
+    v
+}
+
+/// Runs `s` in the current madsim runtime under `faults`, then waits for
+/// every node to see the job end.
+pub async fn run_with_faults(s: &Scenario, faults: &[SimFault]) -> Outcome {
     let handle = madsim::runtime::Handle::current();
     let store_addr = SocketAddr::new(ip(1), STORE_PORT);
     let store_machine = handle
@@ -68,7 +174,6 @@ pub async fn run_tree_sum(s: &Scenario, crash: Option<(u64, Duration)>) -> Outco
             let _ = serve_store(listener, Arc::new(server)).await;
         })
         .build();
-    let _ = store_machine;
     let results = Results::default();
     let events = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let n = u64::from(s.tasks * (1 + s.standbys) + s.spares);
@@ -130,13 +235,74 @@ pub async fn run_tree_sum(s: &Scenario, crash: Option<(u64, Duration)>) -> Outco
         madsim::time::sleep(Duration::from_millis(20)).await;
     }
     let start = madsim::time::Instant::now();
-    if let Some((victim, at)) = crash {
-        madsim::time::sleep(at).await;
-        if let Some(m) = machines.get((victim - 1) as usize) {
-            handle.kill(m.id());
-            madsim::time::sleep(Duration::from_secs(1)).await;
-            handle.restart(m.id());
+    let net = madsim::net::NetSim::current();
+    let machine = |n: u64| {
+        machines
+            .get(usize::try_from(n.saturating_sub(1)).unwrap_or(usize::MAX))
+            .map(|m| m.id())
+    };
+    let mut heals: Vec<(Duration, Box<dyn FnOnce() + Send>)> = Vec::new();
+    // A machine must be killed before it is restarted, once: a crash of a
+    // machine that is already down is skipped.
+    let mut down_until: std::collections::BTreeMap<u64, Duration> = Default::default();
+    let faults: Vec<&SimFault> = faults
+        .iter()
+        .filter(|f| match f {
+            SimFault::Crash { node, at, down } => {
+                let free = down_until.get(node).map_or(true, |until| *at > *until);
+                if free {
+                    down_until.insert(*node, *at + *down);
+                }
+                free
+            }
+            _ => true,
+        })
+        .collect();
+    for f in faults {
+        // Heal whatever is due before this fault.
+        heals.sort_by_key(|(t, _)| *t);
+        while heals.first().is_some_and(|(t, _)| *t <= f.at()) {
+            let (t, heal) = heals.remove(0);
+            madsim::time::sleep_until(start + t).await;
+            heal();
         }
+        madsim::time::sleep_until(start + f.at()).await;
+        match f.clone() {
+            SimFault::Crash { node, at, down } => {
+                if let Some(id) = machine(node) {
+                    handle.kill(id);
+                    let h = handle.clone();
+                    heals.push((at + down, Box::new(move || h.restart(id))));
+                }
+            }
+            SimFault::Partition { node, at, dur } => {
+                if let Some(id) = machine(node) {
+                    net.clog_node(id);
+                    let n2 = net.clone();
+                    heals.push((at + dur, Box::new(move || n2.unclog_node(id))));
+                }
+            }
+            SimFault::OneWay { from, to, at, dur } => {
+                if let (Some(a), Some(b)) = (machine(from), machine(to)) {
+                    if a != b {
+                        net.clog_link(a, b);
+                        let n2 = net.clone();
+                        heals.push((at + dur, Box::new(move || n2.unclog_link(a, b))));
+                    }
+                }
+            }
+            SimFault::StoreOutage { at, dur } => {
+                let id = store_machine.id();
+                net.clog_node(id);
+                let n2 = net.clone();
+                heals.push((at + dur, Box::new(move || n2.unclog_node(id))));
+            }
+        }
+    }
+    heals.sort_by_key(|(t, _)| *t);
+    for (t, heal) in heals {
+        madsim::time::sleep_until(start + t).await;
+        heal();
     }
     let mut exits = Vec::new();
     for (id, mut rx) in joins {

@@ -69,3 +69,44 @@ fn the_same_seed_replays_the_same_run() {
     );
     assert_ne!(a.events, c.events, "another seed, another run");
 }
+
+#[test]
+fn tree_sum_survives_random_crashes_partitions_and_store_outages() {
+    use std::collections::BTreeMap;
+    use taskgraph_sim::world::{random_faults, run_with_faults};
+    let mut kinds: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut failed = Vec::new();
+    for seed in 0..200u64 {
+        let faults = random_faults(seed, 15, 4, Duration::from_secs(3));
+        for f in &faults {
+            *kinds.entry(f.kind()).or_default() += 1;
+        }
+        let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        let out = rt.block_on(async { run_with_faults(&scenario(), &faults).await });
+        let verified = (1..=10).all(|e| out.results.iter().any(|r| r.epoch.0 == e));
+        let right = out.results.iter().all(|r| r.total == r.expected);
+        let ended = out
+            .exits
+            .iter()
+            .all(|(_, e)| e.as_deref().is_some_and(|e| e.contains("JobEnded")));
+        if !(verified && right && ended) {
+            failed.push(format!(
+                "seed {seed}: verified {verified}, right {right}, ended {ended}; faults {faults:?}; exits {:?}",
+                out.exits
+            ));
+        }
+    }
+    println!("fault kinds over 200 seeds: {kinds:?}");
+    assert!(
+        failed.is_empty(),
+        "{} of 200 seeds failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+    for kind in ["crash", "partition", "one_way", "store_outage"] {
+        assert!(
+            kinds.get(kind).is_some_and(|n| *n > 0),
+            "fault kind {kind} never drawn"
+        );
+    }
+}
