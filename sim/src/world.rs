@@ -36,6 +36,34 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// Every event every node reported, in order, as text.
     pub events: Vec<String>,
+    /// The same events: (simulated time since the run started, node, event).
+    pub log: Vec<(Duration, NodeId, taskgraph_core::Event)>,
+}
+
+/// Runs the core's checker over a run's event log, in order (the checks that
+/// need only events: incarnations rise, died/restarted alternate, epochs
+/// once and in order, meta/data/serve at most once and within their epoch,
+/// no delivery from a fenced incarnation, replica order). Returns every
+/// violation.
+pub fn check_log(
+    tasks: u32,
+    log: &[(Duration, NodeId, taskgraph_core::Event)],
+) -> Vec<taskgraph_core::testkit::Violation> {
+    use taskgraph_core::{Event, Instant, SessionId};
+    let topo = Arc::new(TreeTopology::new(2, tasks).expect("tree"));
+    let mut checker = taskgraph_core::testkit::Checker::new("sim", tasks, topo);
+    let mut sessions: std::collections::BTreeMap<NodeId, SessionId> = Default::default();
+    let mut last = Instant::ZERO;
+    for (at, node, ev) in log {
+        if let Event::SessionStarted { session } = ev {
+            sessions.insert(*node, *session);
+        }
+        let session = sessions.get(node).copied().unwrap_or_default();
+        last = Instant::from_duration(*at);
+        checker.on_event(last, *node, session, ev, None);
+    }
+    checker.finish(last);
+    checker.violations().to_vec()
 }
 
 fn ip(i: u64) -> IpAddr {
@@ -176,24 +204,31 @@ pub async fn run_with_faults(s: &Scenario, faults: &[SimFault]) -> Outcome {
         .build();
     let results = Results::default();
     let events = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let origin = madsim::time::Instant::now();
     let n = u64::from(s.tasks * (1 + s.standbys) + s.spares);
     let mut joins = Vec::new();
     let mut machines = Vec::new();
     for id in 1..=n {
-        let (sc, r, evs) = (s.clone(), results.clone(), events.clone());
+        let (sc, r, evs, lg) = (s.clone(), results.clone(), events.clone(), log.clone());
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<NodeExit, String>>();
         let machine = handle
             .create_node()
             .name(format!("node-{id}"))
             .ip(ip(id + 1))
             .init(move || {
-                let (sc, r, tx, evs) = (sc.clone(), r.clone(), tx.clone(), evs.clone());
+                let (sc, r, tx, evs, lg) =
+                    (sc.clone(), r.clone(), tx.clone(), evs.clone(), lg.clone());
                 async move {
                     let (etx, mut erx) = tokio::sync::mpsc::unbounded_channel();
                     tokio::spawn(async move {
                         while let Some((node, ev)) = erx.recv().await {
+                            let now = madsim::time::Instant::now();
                             if let Ok(mut v) = evs.lock() {
-                                v.push(format!("{:?} {node} {ev:?}", madsim::time::Instant::now()));
+                                v.push(format!("{now:?} {node} {ev:?}"));
+                            }
+                            if let Ok(mut v) = lg.lock() {
+                                v.push((now.duration_since(origin), node, ev));
                             }
                         }
                     });
@@ -310,11 +345,13 @@ pub async fn run_with_faults(s: &Scenario, faults: &[SimFault]) -> Outcome {
         let exit = madsim::time::timeout(Duration::from_secs(120), rx.recv()).await;
         exits.push((id, exit.ok().flatten().map(|e| format!("{e:?}"))));
     }
+    let log = log.lock().map(|v| v.clone()).unwrap_or_default();
     let events = events.lock().map(|v| v.clone()).unwrap_or_default();
     Outcome {
         results: results.all(),
         exits,
         elapsed: start.elapsed(),
         events,
+        log,
     }
 }

@@ -73,9 +73,10 @@ fn the_same_seed_replays_the_same_run() {
 #[test]
 fn tree_sum_survives_random_crashes_partitions_and_store_outages() {
     use std::collections::BTreeMap;
-    use taskgraph_sim::world::{random_faults, run_with_faults};
+    use taskgraph_sim::world::{check_log, random_faults, run_with_faults};
     let mut kinds: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut failed = Vec::new();
+    let mut checked = 0;
     for seed in 0..200u64 {
         let faults = random_faults(seed, 15, 4, Duration::from_secs(3));
         for f in &faults {
@@ -89,14 +90,17 @@ fn tree_sum_survives_random_crashes_partitions_and_store_outages() {
             .exits
             .iter()
             .all(|(_, e)| e.as_deref().is_some_and(|e| e.contains("JobEnded")));
-        if !(verified && right && ended) {
+        let violations = check_log(7, &out.log);
+        checked += out.log.len();
+        if !(verified && right && ended && violations.is_empty()) {
             failed.push(format!(
-                "seed {seed}: verified {verified}, right {right}, ended {ended}; faults {faults:?}; exits {:?}",
+                "seed {seed}: verified {verified}, right {right}, ended {ended}; violations {violations:?}; faults {faults:?}; exits {:?}",
                 out.exits
             ));
         }
     }
-    println!("fault kinds over 200 seeds: {kinds:?}");
+    println!("fault kinds over 200 seeds: {kinds:?}; {checked} events checked");
+    assert!(checked > 0, "the checker saw events");
     assert!(
         failed.is_empty(),
         "{} of 200 seeds failed:\n{}",
@@ -109,4 +113,29 @@ fn tree_sum_survives_random_crashes_partitions_and_store_outages() {
             "fault kind {kind} never drawn"
         );
     }
+}
+
+#[test]
+fn the_log_checker_catches_a_delivery_made_twice_and_an_epoch_out_of_order() {
+    use taskgraph_core::Event;
+    use taskgraph_sim::world::check_log;
+    let rt = madsim::runtime::Runtime::with_seed_and_config(3, madsim::Config::default());
+    let out = rt.block_on(async { run_tree_sum(&scenario(), None).await });
+    assert!(check_log(7, &out.log).is_empty(), "the real log is clean");
+    let mut doubled = out.log.clone();
+    let i = doubled
+        .iter()
+        .position(|(_, _, e)| matches!(e, Event::MetaDelivered { .. }))
+        .expect("a meta delivery");
+    doubled.insert(i + 1, doubled[i].clone());
+    let v = check_log(7, &doubled);
+    assert!(v.iter().any(|v| v.what.starts_with("S12")), "{v:?}");
+    let mut reordered = out.log.clone();
+    let j = reordered
+        .iter()
+        .position(|(_, _, e)| matches!(e, Event::EpochChanged { epoch, .. } if epoch.0 == 2))
+        .expect("epoch 2");
+    reordered.insert(j + 1, reordered[j].clone());
+    let v = check_log(7, &reordered);
+    assert!(v.iter().any(|v| v.what.starts_with("S10")), "{v:?}");
 }

@@ -255,14 +255,17 @@ impl Checker {
             .copied()
     }
 
-    /// Checks one event reported by `node` in session `session`.
+    /// Checks one event reported by `node` in session `session`. With the
+    /// `store` as it is at that instant, also checks the event against it
+    /// (a new primary holds its key; a neighbour reported dead is not
+    /// primary); without it (a log read after the fact), only the events.
     pub fn on_event(
         &mut self,
         now: Instant,
         node: NodeId,
         session: SessionId,
         ev: &Event,
-        store: &MemStore,
+        store: Option<&MemStore>,
     ) {
         let key = (node, session);
         match ev {
@@ -285,7 +288,9 @@ impl Checker {
                 if let Some(l) = self.last_incarnation.get_mut(task.index()) {
                     *l = *incarnation;
                 }
-                if self.store_primary(store, *task) != Some((*incarnation, node)) {
+                if store
+                    .is_some_and(|st| self.store_primary(st, *task) != Some((*incarnation, node)))
+                {
                     self.violation(now, format!("S3: {node} became primary of {task} ({incarnation}) without holding the key"));
                 }
                 if *promoted {
@@ -327,7 +332,9 @@ impl Checker {
             } => {
                 self.delivered.died += 1;
                 self.check_link(now, *task, *neighbour, *parent);
-                if self.store_primary(store, *neighbour).map(|p| p.0) == Some(*incarnation) {
+                if store.is_some_and(|st| {
+                    self.store_primary(st, *neighbour).map(|p| p.0) == Some(*incarnation)
+                }) {
                     self.violation(
                         now,
                         format!(

@@ -909,7 +909,7 @@ impl Cluster {
                 Action::Event(ev) => {
                     let session = self.node(id).map(|n| n.session()).unwrap_or_default();
                     self.checker
-                        .on_event(self.now, id, session, &ev, &self.store);
+                        .on_event(self.now, id, session, &ev, Some(&self.store));
                     self.events.push((self.now, id, ev));
                 }
             }
