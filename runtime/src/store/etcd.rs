@@ -525,6 +525,7 @@ impl EtcdStore {
         tokio::spawn(async move {
             loop {
                 tokio::select! {
+                    biased;
                     _ = &mut cancel_rx => break,
                     message = stream.message() => match message {
                         Ok(Some(resp)) => {

@@ -68,7 +68,11 @@ impl MemStoreServer {
                 };
                 match deadline {
                     Some(d) => {
+                        // Biased: an unbiased select draws from tokio's
+                        // process-wide random seed, so runs in the simulator
+                        // would depend on the runs before them.
                         tokio::select! {
+                            biased;
                             _ = tokio::time::sleep_until(clock::to_tokio(d)) => {}
                             _ = changed.notified() => {}
                         }
