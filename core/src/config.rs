@@ -58,6 +58,10 @@ pub struct NodeConfig {
     pub failure_window: Duration,
     /// Messages held for a later epoch or a role being claimed, at most.
     pub max_held_messages: usize,
+    /// A deliberately broken behaviour, for proving the simulator's checkers
+    /// can fail. Exists only in `--cfg madsim` builds.
+    #[cfg(madsim)]
+    pub canary: Option<crate::Canary>,
 }
 
 impl NodeConfig {
@@ -84,6 +88,8 @@ impl NodeConfig {
             max_failures: 100,
             failure_window: Duration::from_secs(60),
             max_held_messages: 10_000,
+            #[cfg(madsim)]
+            canary: None,
         }
     }
 

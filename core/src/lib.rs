@@ -102,6 +102,7 @@ pub use id::{Epoch, Incarnation, NodeId, SessionId, TaskId};
 pub use time::Instant;
 
 pub mod action;
+pub mod canary;
 pub mod config;
 pub mod keys;
 mod node;
@@ -110,6 +111,7 @@ pub mod testkit;
 pub mod wire;
 
 pub use action::{Action, DropReason, Event, OpId, StepDownReason};
+pub use canary::Canary;
 pub use config::{ConfigError, JobSpec, NodeConfig, PROTOCOL_VERSION};
 pub use node::{Node, NodeError, NodeStats, Role};
 pub use task::{Context, ExitReason, Link, ServeId, Task, TaskBuilder};

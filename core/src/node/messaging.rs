@@ -385,8 +385,9 @@ impl Node {
     /// Routes an accepted message to the role it is for; holds it if this
     /// node is about to hold that role or reach that epoch.
     fn dispatch(&mut self, now: Instant, arrived: Instant, from: NodeId, msg: Envelope) {
-        let fenced = msg.incarnation < self.highest[msg.from_task.index()]
-            || msg.incarnation <= self.dead_upto[msg.from_task.index()];
+        let fenced = (msg.incarnation < self.highest[msg.from_task.index()]
+            || msg.incarnation <= self.dead_upto[msg.from_task.index()])
+            && !self.canary(crate::Canary::AcceptFenced);
         if fenced {
             return self.drop_msg(from, DropReason::Fenced);
         }

@@ -517,7 +517,26 @@ impl Node {
     }
 
     fn step_down_deadline(&self, s: &Session) -> Instant {
+        if self.canary(crate::Canary::SkipStepDown) {
+            // Broken on purpose: a deadline that never comes.
+            return s.renewed_sent + Duration::from_secs(86_400 * 365);
+        }
         s.renewed_sent + (self.cfg.ttl - self.cfg.step_down_margin)
+    }
+
+    /// Whether the deliberately broken behaviour `c` is switched on (only
+    /// possible in `--cfg madsim` builds).
+    #[allow(clippy::unused_self)]
+    fn canary(&self, c: crate::Canary) -> bool {
+        #[cfg(madsim)]
+        {
+            self.cfg.canary == Some(c)
+        }
+        #[cfg(not(madsim))]
+        {
+            let _ = c;
+            false
+        }
     }
 
     fn emit(&mut self, ev: Event) {

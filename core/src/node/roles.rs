@@ -447,6 +447,14 @@ impl Node {
             incarnation,
             parent,
         });
+        if self.canary(crate::Canary::NeighbourDiedTwice) {
+            self.emit(Event::NeighbourDied {
+                task,
+                neighbour: t,
+                incarnation,
+                parent,
+            });
+        }
         if parent {
             self.call(now, |x, ctx| x.parent_died(ctx, t));
         } else {
@@ -459,7 +467,10 @@ impl Node {
             return;
         };
         let parent = self.is_parent(t);
-        if self.primary.dead.remove(&t).is_some() && (parent || self.is_child(t)) {
+        if self.primary.dead.remove(&t).is_some()
+            && (parent || self.is_child(t))
+            && !self.canary(crate::Canary::NoRestartNotice)
+        {
             self.emit(Event::NeighbourRestarted {
                 task,
                 neighbour: t,

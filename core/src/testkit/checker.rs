@@ -100,6 +100,7 @@ pub struct Checker {
     store_primaries: Vec<Vec<StorePrimary>>,
     delivered: Delivered,
     exits: Vec<crate::ExitReason>,
+    exclusive: bool,
 }
 
 impl Checker {
@@ -117,7 +118,19 @@ impl Checker {
             store_primaries: (0..n).map(|_| Vec::new()).collect(),
             delivered: Delivered::default(),
             exits: Vec::new(),
+            exclusive: false,
         }
+    }
+
+    /// Also checks, from the events alone, that a task never has two
+    /// primaries at once (S3): a `became_primary` while another node's
+    /// tenure of the same task is open (not ended by a step-down, a session
+    /// loss, a stop or [`Checker::on_crash`]) is a violation. For drivers
+    /// whose nodes keep running while cut off (the simulator); the in-memory
+    /// harness freezes paused nodes and checks their beliefs directly.
+    pub fn with_exclusive_primaries(mut self) -> Self {
+        self.exclusive = true;
+        self
     }
 
     /// Violations found so far.
@@ -292,6 +305,22 @@ impl Checker {
                     .is_some_and(|st| self.store_primary(st, *task) != Some((*incarnation, node)))
                 {
                     self.violation(now, format!("S3: {node} became primary of {task} ({incarnation}) without holding the key"));
+                }
+                if self.exclusive {
+                    let others: Vec<NodeId> = self
+                        .open
+                        .iter()
+                        .filter(|(n, i)| {
+                            **n != node && self.tenures.get(**i).is_some_and(|t| t.task == *task)
+                        })
+                        .map(|(n, _)| *n)
+                        .collect();
+                    for other in others {
+                        self.violation(
+                            now,
+                            format!("S3: {node} became primary of {task} ({incarnation}) while {other} still acts as its primary"),
+                        );
+                    }
                 }
                 if *promoted {
                     self.delivered.promotions += 1;

@@ -44,6 +44,10 @@ pub struct ClusterConfig {
     pub record_trace: bool,
     /// Nodes start this far apart, in id order.
     pub start_gap: Duration,
+    /// A deliberately broken behaviour switched on in every node (only in
+    /// `--cfg madsim` builds).
+    #[cfg(madsim)]
+    pub canary: Option<crate::Canary>,
 }
 
 impl ClusterConfig {
@@ -63,6 +67,8 @@ impl ClusterConfig {
             max_failures: 1000,
             record_trace: false,
             start_gap: Duration::from_millis(1),
+            #[cfg(madsim)]
+            canary: None,
         }
     }
 
@@ -82,6 +88,10 @@ impl ClusterConfig {
         );
         c.ttl = self.ttl;
         c.max_failures = self.max_failures;
+        #[cfg(madsim)]
+        {
+            c.canary = self.canary;
+        }
         c
     }
 }
@@ -252,7 +262,7 @@ pub struct Cluster {
     conns: BTreeMap<(NodeId, NodeId), Conn>,
     watches: BTreeMap<WatchId, (NodeId, u64)>,
     harness_watch: WatchId,
-    hash: u128,
+    hash: super::TraceHash,
     checker: Checker,
     faults: FaultCounts,
     trace: Option<Vec<TraceEntry>>,
@@ -268,9 +278,6 @@ impl std::fmt::Debug for Cluster {
             .finish_non_exhaustive()
     }
 }
-
-const FNV_OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
-const FNV_PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
 
 impl Cluster {
     /// A cluster whose nodes build tasks with `make_builder(node)`. Nodes
@@ -313,7 +320,7 @@ impl Cluster {
             conns: BTreeMap::new(),
             watches: BTreeMap::new(),
             harness_watch,
-            hash: FNV_OFFSET,
+            hash: super::TraceHash::new(),
             checker,
             faults: FaultCounts::default(),
             trace: if cfg.record_trace {
@@ -449,7 +456,7 @@ impl Cluster {
     }
     /// The trace hash: FNV-1a (128 bit) over every input and output so far.
     pub fn trace_hash(&self) -> u128 {
-        self.hash
+        self.hash.value()
     }
     /// The recorded trace (if `record_trace`).
     pub fn trace(&self) -> &[TraceEntry] {
@@ -484,10 +491,7 @@ impl Cluster {
             node.map(|n| n.0),
             what
         );
-        for b in s.as_bytes() {
-            self.hash ^= u128::from(*b);
-            self.hash = self.hash.wrapping_mul(FNV_PRIME);
-        }
+        self.hash.update(s.as_bytes());
         if let Some(t) = self.trace.as_mut() {
             t.push(TraceEntry {
                 at: self.now,

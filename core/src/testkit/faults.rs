@@ -360,8 +360,41 @@ pub fn run_schedule(cfg: &ScheduleConfig, schedule: &Schedule) -> ScheduleOutcom
             what: format!("liveness: more than {MAX_STEPS} steps (a livelock?)"),
         });
     }
-    let mut violations = cluster.finish();
+    let mut violations = verdict(&mut cluster, &results, cfg.epochs, finished, deadline);
     violations.append(&mut violations_extra);
+    let all = results.all();
+    let exit = cluster.checker().exits().first().cloned();
+    ScheduleOutcome {
+        seed: schedule.seed,
+        trace_hash: cluster.trace_hash(),
+        violations,
+        faults: cluster.faults().clone(),
+        results: all,
+        exit,
+        finished_at: cluster.now(),
+        steps: cluster.steps(),
+        delivered: cluster.checker().delivered().clone(),
+        trace: cluster.trace().to_vec(),
+        events: if cfg.cluster.record_trace {
+            cluster.events().to_vec()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// The end-of-run verdict on a tree_sum run: the checker's end checks, then
+/// the job must have `finished` (every node down) by `deadline` with
+/// [`ExitReason::Completed`], every epoch up to `epochs` verified and every
+/// answer right. Returns every violation.
+pub fn verdict(
+    cluster: &mut Cluster,
+    results: &Results,
+    epochs: u64,
+    finished: bool,
+    deadline: Instant,
+) -> Vec<Violation> {
+    let mut violations = cluster.finish();
     let all = results.all();
     let exit = cluster.checker().exits().first().cloned();
     if !finished {
@@ -391,7 +424,7 @@ pub fn run_schedule(cfg: &ScheduleConfig, schedule: &Schedule) -> ScheduleOutcom
             });
         }
     }
-    for e in 1..=cfg.epochs {
+    for e in 1..=epochs {
         if !all.iter().any(|r| r.epoch.0 == e) {
             violations.push(Violation {
                 at: cluster.now(),
@@ -399,23 +432,7 @@ pub fn run_schedule(cfg: &ScheduleConfig, schedule: &Schedule) -> ScheduleOutcom
             });
         }
     }
-    ScheduleOutcome {
-        seed: schedule.seed,
-        trace_hash: cluster.trace_hash(),
-        violations,
-        faults: cluster.faults().clone(),
-        results: all,
-        exit,
-        finished_at: cluster.now(),
-        steps: cluster.steps(),
-        delivered: cluster.checker().delivered().clone(),
-        trace: cluster.trace().to_vec(),
-        events: if cfg.cluster.record_trace {
-            cluster.events().to_vec()
-        } else {
-            Vec::new()
-        },
-    }
+    violations
 }
 
 fn unreachable_tree() -> TreeTopology {

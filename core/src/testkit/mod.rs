@@ -12,11 +12,13 @@
 mod checker;
 mod cluster;
 mod faults;
+mod hash;
 pub mod recorder;
 mod rng;
 pub mod tree_sum;
 
 pub use checker::{Checker, Delivered, Violation};
 pub use cluster::{Cluster, ClusterConfig, FaultCounts, TraceEntry};
-pub use faults::{run_schedule, Fault, Schedule, ScheduleConfig, ScheduleOutcome};
+pub use faults::{run_schedule, verdict, Fault, Schedule, ScheduleConfig, ScheduleOutcome};
+pub use hash::TraceHash;
 pub use rng::Rng;
