@@ -1,114 +1,209 @@
 //! One simulated world: a store machine serving the embedded store over the
-//! simulated network, and one machine per taskgraph node.
+//! simulated network, one machine per taskgraph node running the production
+//! runtime, a fault injector, and a monitor that checks every event against
+//! the store as it is at that instant.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use taskgraph_core::keys::{Key, Keys};
 use taskgraph_core::testkit::tree_sum::{EpochResult, Results, TreeSumBuilder};
-use taskgraph_core::{NodeConfig, NodeId, TreeTopology};
+use taskgraph_core::testkit::{Checker, Rng, TraceHash, Violation};
+use taskgraph_core::{Canary, Event, Instant, NodeConfig, NodeId, SessionId, TaskId, TreeTopology};
 use taskgraph_runtime::{
     serve_store, spawn_node, MemStoreServer, NodeExit, NodeOptions, RemoteStore, Store,
 };
 
-/// Shape of a tree_sum scenario.
-#[derive(Clone, Debug)]
+/// The job's name in every simulated run.
+pub const JOB: &str = "sim";
+
+/// Shape, timing and fault load of a simulated tree_sum run.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scenario {
-    /// Tasks (fanout 2).
+    /// Tasks.
     pub tasks: u32,
+    /// Children per task of the tree.
+    pub fanout: u32,
     /// Standbys per task.
     pub standbys: u32,
     /// Spare nodes.
     pub spares: u32,
     /// Epochs to run.
     pub epochs: u64,
-    /// Pause between epochs (root's timer).
+    /// Pause between epochs (task 0's timer).
     pub pace: Duration,
+    /// Lease TTL (whole seconds).
+    pub ttl: Duration,
+    /// Faults drawn per run.
+    pub faults: usize,
+    /// Faults start within this time from the start of the run.
+    pub window: Duration,
+    /// The kinds faults are drawn from.
+    pub kinds: Vec<FaultKind>,
+    /// A deliberately broken behaviour switched on in every node.
+    pub canary: Option<Canary>,
 }
 
-/// What a run produced.
-#[derive(Clone, Debug, Default)]
-pub struct Outcome {
-    /// Task 0's results.
-    pub results: Vec<EpochResult>,
-    /// How each node's last run ended (`None`: still running at the end).
-    pub exits: Vec<(u64, Option<String>)>,
-    /// Simulated time at the end.
-    pub elapsed: Duration,
-    /// Every event every node reported, in order, as text.
-    pub events: Vec<String>,
-    /// The same events: (simulated time since the run started, node, event).
-    pub log: Vec<(Duration, NodeId, taskgraph_core::Event)>,
-}
-
-/// Runs the core's checker over a run's event log, in order (the checks that
-/// need only events: incarnations rise, died/restarted alternate, epochs
-/// once and in order, meta/data/serve at most once and within their epoch,
-/// no delivery from a fenced incarnation, replica order). Returns every
-/// violation.
-pub fn check_log(
-    tasks: u32,
-    log: &[(Duration, NodeId, taskgraph_core::Event)],
-) -> Vec<taskgraph_core::testkit::Violation> {
-    use taskgraph_core::{Event, Instant, SessionId};
-    let topo = Arc::new(TreeTopology::new(2, tasks).expect("tree"));
-    let mut checker = taskgraph_core::testkit::Checker::new("sim", tasks, topo);
-    let mut sessions: std::collections::BTreeMap<NodeId, SessionId> = Default::default();
-    let mut last = Instant::ZERO;
-    for (at, node, ev) in log {
-        if let Event::SessionStarted { session } = ev {
-            sessions.insert(*node, *session);
+impl Scenario {
+    /// The default scenario: a tree of 15 tasks (fanout 2), one standby
+    /// each, 2 spares, 60 epochs one second apart (60 simulated seconds
+    /// without faults), 8 faults of every kind within the first 60 s.
+    pub fn tree15() -> Self {
+        Scenario {
+            tasks: 15,
+            fanout: 2,
+            standbys: 1,
+            spares: 2,
+            epochs: 60,
+            pace: Duration::from_secs(1),
+            ttl: Duration::from_secs(2),
+            faults: 8,
+            window: Duration::from_secs(60),
+            kinds: FaultKind::ALL.to_vec(),
+            canary: None,
         }
-        let session = sessions.get(node).copied().unwrap_or_default();
-        last = Instant::from_duration(*at);
-        checker.on_event(last, *node, session, ev, None);
     }
-    checker.finish(last);
-    checker.violations().to_vec()
+
+    /// A small scenario for tests: 7 tasks, one standby each, one spare,
+    /// 10 epochs 200 ms apart, 4 faults within the first 3 s.
+    pub fn small() -> Self {
+        Scenario {
+            tasks: 7,
+            spares: 1,
+            epochs: 10,
+            pace: Duration::from_millis(200),
+            faults: 4,
+            window: Duration::from_secs(3),
+            ..Scenario::tree15()
+        }
+    }
+
+    /// The scenario called `name` (`tree15` or `small`).
+    pub fn named(name: &str) -> Option<Self> {
+        match name {
+            "tree15" | "default" => Some(Scenario::tree15()),
+            "small" => Some(Scenario::small()),
+            _ => None,
+        }
+    }
+
+    /// Nodes in the run.
+    pub fn nodes(&self) -> u64 {
+        u64::from(self.tasks) * u64::from(1 + self.standbys) + u64::from(self.spares)
+    }
+
+    /// After the last fault heals, every task must have a primary (or the
+    /// job must have ended) within this bound: the dead primary's lease
+    /// runs out (one TTL), a standby's claim lands, and a node cut off from
+    /// the store gets a new lease after its retries (one more TTL), plus
+    /// one TTL of slack for retries backing off and watches catching up.
+    pub fn liveness_bound(&self) -> Duration {
+        self.ttl * 3
+    }
+
+    /// What is wrong with the scenario, if anything.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tasks == 0 || self.fanout == 0 {
+            return Err("tasks and fanout must be at least 1".into());
+        }
+        if self.epochs == 0 {
+            return Err("epochs must be at least 1".into());
+        }
+        if self.nodes() > 250 {
+            return Err(format!(
+                "{} nodes: the simulated network has addresses for 250",
+                self.nodes()
+            ));
+        }
+        if self.ttl < Duration::from_secs(1) || self.ttl.subsec_nanos() != 0 {
+            return Err("the TTL must be a whole number of seconds, at least 1".into());
+        }
+        if self.faults > 0 && self.kinds.is_empty() {
+            return Err("faults requested but no fault kind allowed".into());
+        }
+        TreeTopology::new(self.fanout, self.tasks).map_err(|e| e.to_string())?;
+        Ok(())
+    }
 }
 
-fn ip(i: u64) -> IpAddr {
-    // Simulated addresses (madsim opens no real socket): TEST-NET-2.
-    IpAddr::V4(Ipv4Addr::new(
-        198,
-        51,
-        100,
-        u8::try_from(i).unwrap_or(u8::MAX),
-    ))
+/// The kinds of fault the simulator injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// A machine crashes (madsim kill) and restarts later as a new incarnation.
+    Crash,
+    /// A node is cut from everyone, peers and store.
+    Partition,
+    /// One direction of one link between two nodes is cut.
+    OneWay,
+    /// A node is cut from the store only.
+    StoreCut,
+    /// The store is unreachable for everyone (its data survives).
+    StoreOutage,
+    /// A task's primary is cut off for longer than the TTL, then healed: the
+    /// zombie-primary case.
+    Pause,
+    /// Every message takes much longer for a while.
+    Delay,
 }
 
-const STORE_PORT: u16 = 2379;
-const NODE_PORT: u16 = 7000;
+impl FaultKind {
+    /// Every kind.
+    pub const ALL: [FaultKind; 7] = [
+        FaultKind::Crash,
+        FaultKind::Partition,
+        FaultKind::OneWay,
+        FaultKind::StoreCut,
+        FaultKind::StoreOutage,
+        FaultKind::Pause,
+        FaultKind::Delay,
+    ];
 
-/// Runs `s` in the current madsim runtime: crashes the machine of node
-/// `crash` at `crash_at` (if any) and restarts it a second later.
-pub async fn run_tree_sum(s: &Scenario, crash: Option<(u64, Duration)>) -> Outcome {
-    let faults: Vec<SimFault> = crash
-        .map(|(node, at)| SimFault::Crash {
-            node,
-            at,
-            down: Duration::from_secs(1),
-        })
-        .into_iter()
-        .collect();
-    run_with_faults(s, &faults).await
+    /// The kind's name (`crash`, `partition`, `one-way`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Crash => "crash",
+            FaultKind::Partition => "partition",
+            FaultKind::OneWay => "one-way",
+            FaultKind::StoreCut => "store-cut",
+            FaultKind::StoreOutage => "store-outage",
+            FaultKind::Pause => "pause",
+            FaultKind::Delay => "delay",
+        }
+    }
+
+    /// The kind named `name`.
+    pub fn from_name(name: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// Who a node fault hits: a fixed node, or whoever is the store's primary of
+/// a task when the fault fires (a spare node is a dull target).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// This node.
+    Node(u64),
+    /// The primary of this task at that moment (nothing if it has none).
+    PrimaryOf(u32),
 }
 
 /// One fault of a simulated run, at a time from the start of the run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SimFault {
-    /// Kill node `node`'s machine at `at`; restart it `down` later.
+    /// Kill the target's machine at `at`; restart it `down` later.
     Crash {
         /// The node.
-        node: u64,
+        target: Target,
         /// When.
         at: Duration,
         /// How long it stays down.
         down: Duration,
     },
-    /// Cut node `node` from everyone (peers and store) for `dur`.
+    /// Cut the target from everyone (peers and store) for `dur`.
     Partition {
         /// The node.
-        node: u64,
+        target: Target,
         /// When.
         at: Duration,
         /// How long.
@@ -117,9 +212,18 @@ pub enum SimFault {
     /// Cut the link `from -> to` only, for `dur`.
     OneWay {
         /// Sender.
-        from: u64,
+        from: Target,
         /// Receiver.
         to: u64,
+        /// When.
+        at: Duration,
+        /// How long.
+        dur: Duration,
+    },
+    /// Cut the target from the store only (both ways), for `dur`.
+    StoreCut {
+        /// The node.
+        target: Target,
         /// When.
         at: Duration,
         /// How long.
@@ -132,104 +236,382 @@ pub enum SimFault {
         /// How long.
         dur: Duration,
     },
+    /// Cut the primary of `task` from everyone for `dur` (longer than the TTL).
+    Pause {
+        /// The task whose primary is paused.
+        task: u32,
+        /// When.
+        at: Duration,
+        /// How long.
+        dur: Duration,
+    },
+    /// Every message sent during `dur` takes up to `latency` to arrive.
+    Delay {
+        /// When.
+        at: Duration,
+        /// How long.
+        dur: Duration,
+        /// Upper bound of the latency.
+        latency: Duration,
+    },
 }
 
 impl SimFault {
-    fn at(&self) -> Duration {
+    /// When the fault fires.
+    pub fn at(&self) -> Duration {
         match self {
             SimFault::Crash { at, .. }
             | SimFault::Partition { at, .. }
             | SimFault::OneWay { at, .. }
-            | SimFault::StoreOutage { at, .. } => *at,
+            | SimFault::StoreCut { at, .. }
+            | SimFault::StoreOutage { at, .. }
+            | SimFault::Pause { at, .. }
+            | SimFault::Delay { at, .. } => *at,
         }
     }
 
-    /// The fault's kind, for counting.
-    pub fn kind(&self) -> &'static str {
+    /// The fault's kind.
+    pub fn kind(&self) -> FaultKind {
         match self {
-            SimFault::Crash { .. } => "crash",
-            SimFault::Partition { .. } => "partition",
-            SimFault::OneWay { .. } => "one_way",
-            SimFault::StoreOutage { .. } => "store_outage",
+            SimFault::Crash { .. } => FaultKind::Crash,
+            SimFault::Partition { .. } => FaultKind::Partition,
+            SimFault::OneWay { .. } => FaultKind::OneWay,
+            SimFault::StoreCut { .. } => FaultKind::StoreCut,
+            SimFault::StoreOutage { .. } => FaultKind::StoreOutage,
+            SimFault::Pause { .. } => FaultKind::Pause,
+            SimFault::Delay { .. } => FaultKind::Delay,
         }
     }
 }
 
-/// `count` random faults within `window` for a scenario of `nodes` nodes,
-/// drawn from `seed`.
-pub fn random_faults(seed: u64, nodes: u64, count: usize, window: Duration) -> Vec<SimFault> {
-    let mut rng = taskgraph_core::testkit::Rng::new(seed);
-    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+/// The faults of seed `seed` for scenario `s`: a pure function of both, so
+/// a seed names its fault schedule.
+pub fn random_faults(seed: u64, s: &Scenario) -> Vec<SimFault> {
+    let mut rng = Rng::new(seed ^ 0x51e1_fa17);
+    let window_ms = u64::try_from(s.window.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(101);
+    let ttl_ms = u64::try_from(s.ttl.as_millis()).unwrap_or(2_000);
+    let nodes = s.nodes();
     let mut v = Vec::new();
-    for _ in 0..count {
+    if s.kinds.is_empty() {
+        return v;
+    }
+    for _ in 0..s.faults {
         let at = Duration::from_millis(rng.range(100, window_ms));
         let node = rng.range(1, nodes + 1);
-        let dur = Duration::from_millis(rng.range(200, 3_500));
-        v.push(match rng.range(0, 4) {
-            0 => SimFault::Crash {
-                node,
+        let task = u32::try_from(rng.range(0, u64::from(s.tasks))).unwrap_or(0);
+        // Half the node faults hit a task's primary.
+        let target = if rng.chance(0.5) {
+            Target::PrimaryOf(task)
+        } else {
+            Target::Node(node)
+        };
+        let dur = Duration::from_millis(rng.range(200, 2 * ttl_ms));
+        let i = usize::try_from(rng.range(0, s.kinds.len() as u64)).unwrap_or(0);
+        v.push(match s.kinds[i] {
+            FaultKind::Crash => SimFault::Crash {
+                target,
                 at,
                 down: dur,
             },
-            1 => SimFault::Partition { node, at, dur },
-            2 => SimFault::OneWay {
-                from: node,
+            FaultKind::Partition => SimFault::Partition { target, at, dur },
+            FaultKind::OneWay => SimFault::OneWay {
+                from: target,
                 to: rng.range(1, nodes + 1),
                 at,
                 dur,
             },
-            _ => SimFault::StoreOutage { at, dur: dur / 2 },
+            FaultKind::StoreCut => SimFault::StoreCut { target, at, dur },
+            FaultKind::StoreOutage => SimFault::StoreOutage { at, dur: dur / 2 },
+            FaultKind::Pause => SimFault::Pause {
+                task,
+                at,
+                dur: s.ttl + Duration::from_millis(rng.range(100, ttl_ms)),
+            },
+            FaultKind::Delay => SimFault::Delay {
+                at,
+                dur,
+                latency: Duration::from_millis(rng.range(50, 500)),
+            },
         });
     }
     v.sort_by_key(SimFault::at);
     v
 }
 
-/// Runs `s` in the current madsim runtime under `faults`, then waits for
-/// every node to see the job end.
+/// One line of a run's trace: an event a node reported, or what the fault
+/// injector did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceLine {
+    /// Simulated time since the start of the run.
+    pub at: Duration,
+    /// The node that reported it (`None`: the fault injector).
+    pub node: Option<u64>,
+    /// What happened.
+    pub what: String,
+}
+
+impl TraceLine {
+    /// The line as one JSON object: `{"at_ms":…,"node":…,"what":"…"}`.
+    pub fn to_json(&self) -> String {
+        let node = self.node.map_or("null".to_string(), |n| n.to_string());
+        format!(
+            "{{\"at_us\":{},\"node\":{node},\"what\":\"{}\"}}",
+            self.at.as_micros(),
+            json_escape(&self.what)
+        )
+    }
+}
+
+fn json_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// What a run produced.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Task 0's results.
+    pub results: Vec<EpochResult>,
+    /// How each node's last run ended (`None`: it never reported).
+    pub exits: Vec<(u64, Option<String>)>,
+    /// Simulated time at the end.
+    pub elapsed: Duration,
+    /// Every event every node reported: (time since the start, node, event).
+    pub log: Vec<(Duration, NodeId, Event)>,
+    /// Events and injected faults, in order.
+    pub trace: Vec<TraceLine>,
+    /// The 128-bit hash of the trace.
+    pub trace_hash: u128,
+    /// Faults that fired, per kind (a crash of a machine already down, a
+    /// pause of a task without a primary, a link from a node to itself do
+    /// not fire).
+    pub fired: BTreeMap<FaultKind, u64>,
+    /// Every violation the checker found, on every event and at the end.
+    pub violations: Vec<Violation>,
+    /// How long after the last heal every task had a primary again (`None`:
+    /// not within [`Scenario::liveness_bound`]).
+    pub recovery: Option<Duration>,
+}
+
+impl Outcome {
+    /// What failed in this run (empty: it passed): checker violations, the
+    /// liveness bound, unverified or wrong epochs, nodes that did not see
+    /// the job complete.
+    pub fn failures(&self, s: &Scenario) -> Vec<String> {
+        let mut f: Vec<String> = self.violations.iter().map(|v| v.to_string()).collect();
+        if self.recovery.is_none() {
+            f.push(format!(
+                "liveness: some task had no primary {:?} after the last heal",
+                s.liveness_bound()
+            ));
+        }
+        let missing: Vec<u64> = (1..=s.epochs)
+            .filter(|e| !self.results.iter().any(|r| r.epoch.0 == *e))
+            .collect();
+        if !missing.is_empty() {
+            f.push(format!("epochs never verified: {missing:?}"));
+        }
+        for r in self.results.iter().filter(|r| r.total != r.expected) {
+            f.push(format!("wrong answer: {r:?}"));
+        }
+        for (id, exit) in &self.exits {
+            if !exit
+                .as_deref()
+                .is_some_and(|e| e.contains("JobEnded(Completed"))
+            {
+                f.push(format!("node {id} did not see the job complete: {exit:?}"));
+            }
+        }
+        f
+    }
+}
+
+/// The shared monitor: every node's events and every fault land here, in
+/// order; each event is checked against the store at that instant.
+struct Monitor {
+    origin: madsim::time::Instant,
+    checker: Checker,
+    sessions: BTreeMap<NodeId, SessionId>,
+    store: Option<MemStoreServer>,
+    log: Vec<(Duration, NodeId, Event)>,
+    trace: Vec<TraceLine>,
+    hash: TraceHash,
+}
+
+impl Monitor {
+    fn since(&self) -> Duration {
+        madsim::time::Instant::now().duration_since(self.origin)
+    }
+
+    fn line(&mut self, at: Duration, node: Option<u64>, what: String) {
+        self.hash.update(&at.as_nanos().to_le_bytes());
+        self.hash.update(&node.unwrap_or(0).to_le_bytes());
+        self.hash.update(what.as_bytes());
+        self.trace.push(TraceLine { at, node, what });
+    }
+
+    fn event(&mut self, node: NodeId, ev: Event) {
+        let at = self.since();
+        if let Event::SessionStarted { session } = &ev {
+            self.sessions.insert(node, *session);
+        }
+        let session = self.sessions.get(&node).copied().unwrap_or_default();
+        let now = Instant::from_duration(at);
+        let Monitor { checker, store, .. } = self;
+        match store {
+            Some(st) => st.with(|s| checker.on_event(now, node, session, &ev, Some(s))),
+            None => checker.on_event(now, node, session, &ev, None),
+        }
+        self.line(at, Some(node.0), format!("{ev:?}"));
+        self.log.push((at, node, ev));
+    }
+
+    fn fault(&mut self, what: String) {
+        let at = self.since();
+        self.line(at, None, what);
+    }
+
+    /// The node the store names primary of `task`.
+    fn primary_of(&self, keys: &Keys, task: u32) -> Option<u64> {
+        let st = self.store.as_ref()?;
+        st.with(|s| {
+            let kv = s.get(&keys.key(Key::Primary(TaskId(task))))?;
+            let rec: taskgraph_core::keys::RoleRecord =
+                taskgraph_core::keys::decode(&kv.key, &kv.value).ok()?;
+            Some(rec.node.0)
+        })
+    }
+
+    /// Whether every task has a primary, or the job has ended.
+    fn live(&self, keys: &Keys, tasks: u32) -> bool {
+        let Some(st) = self.store.as_ref() else {
+            return false;
+        };
+        st.with(|s| {
+            s.get(&keys.key(Key::Exit)).is_some()
+                || (0..tasks).all(|t| s.get(&keys.key(Key::Primary(TaskId(t)))).is_some())
+        })
+    }
+}
+
+fn lock(m: &Mutex<Monitor>) -> std::sync::MutexGuard<'_, Monitor> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn ip(i: u64) -> IpAddr {
+    // Simulated addresses (madsim opens no real socket): TEST-NET-2.
+    IpAddr::V4(Ipv4Addr::new(
+        198,
+        51,
+        100,
+        u8::try_from(i).unwrap_or(u8::MAX),
+    ))
+}
+
+/// Undoes a fault.
+type Heal = Box<dyn FnOnce() + Send>;
+
+const STORE_PORT: u16 = 2379;
+const NODE_PORT: u16 = 7000;
+
+/// Runs seed `seed` of scenario `s` in a fresh madsim runtime: its faults
+/// are [`random_faults`]`(seed, s)`, and madsim's own randomness (network
+/// latencies, task order) comes from the same seed.
+pub fn run_seed(seed: u64, s: &Scenario) -> Outcome {
+    let faults = random_faults(seed, s);
+    run_seed_with(seed, s, &faults)
+}
+
+/// Runs scenario `s` under `faults` in a fresh madsim runtime seeded `seed`,
+/// on a thread of its own: std's `HashMap` keys are drawn once per thread,
+/// and madsim can seed them from the run's seed only on a thread that has
+/// not drawn them yet (otherwise a replay in the same process could differ).
+pub fn run_seed_with(seed: u64, s: &Scenario, faults: &[SimFault]) -> Outcome {
+    let (s, faults) = (s.clone(), faults.to_vec());
+    let run = std::thread::spawn(move || {
+        let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        rt.block_on(run_with_faults(&s, &faults))
+    });
+    run.join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Runs `s` in the current madsim runtime under `faults`, heals everything,
+/// checks liveness, then waits for every node to see the job end.
 pub async fn run_with_faults(s: &Scenario, faults: &[SimFault]) -> Outcome {
     let handle = madsim::runtime::Handle::current();
+    let keys = Keys::new("taskgraph", JOB);
+    let topo = Arc::new(TreeTopology::new(s.fanout, s.tasks).expect("a valid scenario"));
+    let monitor = Arc::new(Mutex::new(Monitor {
+        origin: madsim::time::Instant::now(),
+        checker: Checker::new(JOB, s.tasks, topo.clone()).with_exclusive_primaries(),
+        sessions: BTreeMap::new(),
+        store: None,
+        log: Vec::new(),
+        trace: Vec::new(),
+        hash: TraceHash::new(),
+    }));
     let store_addr = SocketAddr::new(ip(1), STORE_PORT);
+    let store_monitor = monitor.clone();
+    let store_keys = keys.clone();
     let store_machine = handle
         .create_node()
         .name("store")
         .ip(ip(1))
-        .init(move || async move {
-            let listener = tokio::net::TcpListener::bind(store_addr)
-                .await
-                .expect("store binds");
-            let server = MemStoreServer::new();
-            let _ = serve_store(listener, Arc::new(server)).await;
+        .init(move || {
+            let (monitor, keys) = (store_monitor.clone(), store_keys.clone());
+            async move {
+                let listener = tokio::net::TcpListener::bind(store_addr)
+                    .await
+                    .expect("store binds");
+                let server = MemStoreServer::new();
+                lock(&monitor).store = Some(server.clone());
+                // The monitor's own watch: which primaries the store had
+                // and when (for the end-of-run S4/S5 completeness checks).
+                if let Ok(mut w) = server.watch(keys.prefix().to_string(), 0).await {
+                    let m = monitor.clone();
+                    tokio::spawn(async move {
+                        while let Some(resp) = w.responses.recv().await {
+                            let mut g = lock(&m);
+                            let now = Instant::from_duration(g.since());
+                            g.checker.on_store_events(now, &resp.events);
+                        }
+                    });
+                }
+                let _ = serve_store(listener, Arc::new(server)).await;
+            }
         })
         .build();
     let results = Results::default();
-    let events = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let origin = madsim::time::Instant::now();
-    let n = u64::from(s.tasks * (1 + s.standbys) + s.spares);
+    let n = s.nodes();
     let mut joins = Vec::new();
     let mut machines = Vec::new();
     for id in 1..=n {
-        let (sc, r, evs, lg) = (s.clone(), results.clone(), events.clone(), log.clone());
+        let (sc, r, m, topo) = (s.clone(), results.clone(), monitor.clone(), topo.clone());
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<NodeExit, String>>();
         let machine = handle
             .create_node()
             .name(format!("node-{id}"))
             .ip(ip(id + 1))
             .init(move || {
-                let (sc, r, tx, evs, lg) =
-                    (sc.clone(), r.clone(), tx.clone(), evs.clone(), lg.clone());
+                let (sc, r, tx, m, topo) =
+                    (sc.clone(), r.clone(), tx.clone(), m.clone(), topo.clone());
                 async move {
                     let (etx, mut erx) = tokio::sync::mpsc::unbounded_channel();
                     tokio::spawn(async move {
                         while let Some((node, ev)) = erx.recv().await {
-                            let now = madsim::time::Instant::now();
-                            if let Ok(mut v) = evs.lock() {
-                                v.push(format!("{now:?} {node} {ev:?}"));
-                            }
-                            if let Ok(mut v) = lg.lock() {
-                                v.push((now.duration_since(origin), node, ev));
-                            }
+                            lock(&m).event(node, ev);
                         }
                     });
                     let store: Arc<dyn Store> = Arc::new(RemoteStore::new(
@@ -238,14 +620,14 @@ pub async fn run_with_faults(s: &Scenario, faults: &[SimFault]) -> Outcome {
                     ));
                     let mut cfg = NodeConfig::new(
                         NodeId(id),
-                        "sim",
+                        JOB,
                         SocketAddr::new(ip(id + 1), NODE_PORT).to_string(),
                         sc.tasks,
                         sc.standbys,
                     );
-                    cfg.ttl = Duration::from_secs(2);
+                    cfg.ttl = sc.ttl;
+                    cfg.canary = sc.canary;
                     let opts = NodeOptions::new(cfg, SocketAddr::new(ip(id + 1), NODE_PORT));
-                    let topo = Arc::new(TreeTopology::new(2, sc.tasks).expect("tree"));
                     let builder = TreeSumBuilder::new(sc.tasks, sc.epochs, r).with_pace(sc.pace);
                     let h = match spawn_node(opts, store, topo, Box::new(builder), Some(etx)).await
                     {
@@ -276,82 +658,188 @@ pub async fn run_with_faults(s: &Scenario, faults: &[SimFault]) -> Outcome {
             .get(usize::try_from(n.saturating_sub(1)).unwrap_or(usize::MAX))
             .map(|m| m.id())
     };
-    let mut heals: Vec<(Duration, Box<dyn FnOnce() + Send>)> = Vec::new();
-    // A machine must be killed before it is restarted, once: a crash of a
-    // machine that is already down is skipped.
-    let mut down_until: std::collections::BTreeMap<u64, Duration> = Default::default();
-    let faults: Vec<&SimFault> = faults
-        .iter()
-        .filter(|f| match f {
-            SimFault::Crash { node, at, down } => {
-                let free = down_until.get(node).map_or(true, |until| *at > *until);
-                if free {
-                    down_until.insert(*node, *at + *down);
-                }
-                free
-            }
-            _ => true,
-        })
-        .collect();
+    let resolve = |t: Target| -> Option<u64> {
+        match t {
+            Target::Node(n) => Some(n),
+            Target::PrimaryOf(task) => lock(&monitor).primary_of(&keys, task),
+        }
+    };
+    let mut fired: BTreeMap<FaultKind, u64> = BTreeMap::new();
+    let mut heals: Vec<(Duration, String, Heal)> = Vec::new();
+    // A machine is killed before it is restarted, once: a crash of a machine
+    // that is down, or a fault of a node that is down, does not fire.
+    let mut down_until: BTreeMap<u64, Duration> = BTreeMap::new();
+    let mut last_heal = Duration::ZERO;
     for f in faults {
-        // Heal whatever is due before this fault.
-        heals.sort_by_key(|(t, _)| *t);
-        while heals.first().is_some_and(|(t, _)| *t <= f.at()) {
-            let (t, heal) = heals.remove(0);
+        heals.sort_by_key(|(t, _, _)| *t);
+        while heals.first().is_some_and(|(t, _, _)| *t <= f.at()) {
+            let (t, what, heal) = heals.remove(0);
             madsim::time::sleep_until(start + t).await;
             heal();
+            lock(&monitor).fault(what);
+            last_heal = last_heal.max(t);
         }
         madsim::time::sleep_until(start + f.at()).await;
-        match f.clone() {
-            SimFault::Crash { node, at, down } => {
-                if let Some(id) = machine(node) {
+        let at = f.at();
+        let is_down = |n: u64, d: &BTreeMap<u64, Duration>| d.get(&n).is_some_and(|u| at <= *u);
+        let done: Option<(String, Duration, Heal)> = match f.clone() {
+            SimFault::Crash { target, down, .. } => match resolve(target) {
+                Some(node) if !is_down(node, &down_until) => machine(node).map(|id| {
                     handle.kill(id);
+                    down_until.insert(node, at + down);
+                    let m = &mut *lock(&monitor);
+                    m.checker
+                        .on_crash(Instant::from_duration(m.since()), NodeId(node));
                     let h = handle.clone();
-                    heals.push((at + down, Box::new(move || h.restart(id))));
-                }
-            }
-            SimFault::Partition { node, at, dur } => {
-                if let Some(id) = machine(node) {
+                    (
+                        format!("crash node {node}"),
+                        down,
+                        Box::new(move || h.restart(id)) as Heal,
+                    )
+                }),
+                _ => None,
+            },
+            SimFault::Partition { target, dur, .. } => resolve(target).and_then(|node| {
+                let id = machine(node)?;
+                net.clog_node(id);
+                let n2 = net.clone();
+                Some((
+                    format!("partition node {node}"),
+                    dur,
+                    Box::new(move || n2.unclog_node(id)) as Heal,
+                ))
+            }),
+            SimFault::Pause { task, dur, .. } => {
+                resolve(Target::PrimaryOf(task)).and_then(|node| {
+                    let id = machine(node)?;
                     net.clog_node(id);
                     let n2 = net.clone();
-                    heals.push((at + dur, Box::new(move || n2.unclog_node(id))));
-                }
+                    Some((
+                        format!("pause node {node} (primary of task {task})"),
+                        dur,
+                        Box::new(move || n2.unclog_node(id)) as Heal,
+                    ))
+                })
             }
-            SimFault::OneWay { from, to, at, dur } => {
-                if let (Some(a), Some(b)) = (machine(from), machine(to)) {
-                    if a != b {
-                        net.clog_link(a, b);
-                        let n2 = net.clone();
-                        heals.push((at + dur, Box::new(move || n2.unclog_link(a, b))));
-                    }
-                }
-            }
-            SimFault::StoreOutage { at, dur } => {
+            SimFault::OneWay { from, to, dur, .. } => match (resolve(from), machine(to)) {
+                (Some(a_node), Some(b)) if a_node != to => machine(a_node).map(|a| {
+                    net.clog_link(a, b);
+                    let n2 = net.clone();
+                    (
+                        format!("cut link {a_node} -> {to}"),
+                        dur,
+                        Box::new(move || n2.unclog_link(a, b)) as Heal,
+                    )
+                }),
+                _ => None,
+            },
+            SimFault::StoreCut { target, dur, .. } => resolve(target).and_then(|node| {
+                let id = machine(node)?;
+                let st = store_machine.id();
+                net.clog_link(id, st);
+                net.clog_link(st, id);
+                let n2 = net.clone();
+                Some((
+                    format!("cut node {node} from the store"),
+                    dur,
+                    Box::new(move || {
+                        n2.unclog_link(id, st);
+                        n2.unclog_link(st, id);
+                    }) as Heal,
+                ))
+            }),
+            SimFault::StoreOutage { dur, .. } => {
                 let id = store_machine.id();
                 net.clog_node(id);
                 let n2 = net.clone();
-                heals.push((at + dur, Box::new(move || n2.unclog_node(id))));
+                Some((
+                    "store outage".to_string(),
+                    dur,
+                    Box::new(move || n2.unclog_node(id)) as Heal,
+                ))
             }
+            SimFault::Delay { dur, latency, .. } => {
+                let lo = Duration::from_millis(1);
+                net.update_config(|c| c.send_latency = lo..latency.max(lo * 2));
+                let n2 = net.clone();
+                Some((
+                    format!("messages delayed up to {latency:?}"),
+                    dur,
+                    Box::new(move || {
+                        n2.update_config(|c| *c = madsim::net::Config::default());
+                    }) as Heal,
+                ))
+            }
+        };
+        if let Some((what, dur, heal)) = done {
+            *fired.entry(f.kind()).or_default() += 1;
+            lock(&monitor).fault(format!("{what} for {dur:?}"));
+            heals.push((at + dur, format!("heal: {what}"), heal));
         }
     }
-    heals.sort_by_key(|(t, _)| *t);
-    for (t, heal) in heals {
+    heals.sort_by_key(|(t, _, _)| *t);
+    for (t, what, heal) in heals {
         madsim::time::sleep_until(start + t).await;
         heal();
+        lock(&monitor).fault(what);
+        last_heal = last_heal.max(t);
     }
+    // Liveness: every task has a primary again within the bound.
+    madsim::time::sleep_until(start + last_heal).await;
+    let mut recovery = None;
+    let step = Duration::from_millis(50);
+    let mut waited = Duration::ZERO;
+    while waited <= s.liveness_bound() {
+        if lock(&monitor).live(&keys, s.tasks) {
+            recovery = Some(waited);
+            break;
+        }
+        madsim::time::sleep(step).await;
+        waited += step;
+    }
+    let deadline = madsim::time::Instant::now() + Duration::from_secs(120);
     let mut exits = Vec::new();
     for (id, mut rx) in joins {
         // A crashed machine's first run never reports; its restart does.
-        let exit = madsim::time::timeout(Duration::from_secs(120), rx.recv()).await;
+        let left = deadline.saturating_duration_since(madsim::time::Instant::now());
+        let exit = madsim::time::timeout(left, rx.recv()).await;
         exits.push((id, exit.ok().flatten().map(|e| format!("{e:?}"))));
     }
-    let log = log.lock().map(|v| v.clone()).unwrap_or_default();
-    let events = events.lock().map(|v| v.clone()).unwrap_or_default();
+    let elapsed = start.elapsed();
+    let mut m = lock(&monitor);
+    let end = Instant::from_duration(m.since());
+    m.checker.finish(end);
     Outcome {
         results: results.all(),
         exits,
-        elapsed: start.elapsed(),
-        events,
-        log,
+        elapsed,
+        log: std::mem::take(&mut m.log),
+        trace: std::mem::take(&mut m.trace),
+        trace_hash: m.hash.value(),
+        fired,
+        violations: m.checker.violations().to_vec(),
+        recovery,
     }
+}
+
+/// Runs the core's checker over a run's event log after the fact, in order
+/// (the checks that need only events: incarnations rise, died/restarted
+/// alternate, epochs once and in order, meta/data/serve at most once and
+/// within their epoch, no delivery from a fenced incarnation, replica
+/// order). Returns every violation.
+pub fn check_log(tasks: u32, log: &[(Duration, NodeId, Event)]) -> Vec<Violation> {
+    let topo = Arc::new(TreeTopology::new(2, tasks).expect("tree"));
+    let mut checker = Checker::new(JOB, tasks, topo);
+    let mut sessions: BTreeMap<NodeId, SessionId> = BTreeMap::new();
+    let mut last = Instant::ZERO;
+    for (at, node, ev) in log {
+        if let Event::SessionStarted { session } = ev {
+            sessions.insert(*node, *session);
+        }
+        let session = sessions.get(node).copied().unwrap_or_default();
+        last = Instant::from_duration(*at);
+        checker.on_event(last, *node, session, ev, None);
+    }
+    checker.finish(last);
+    checker.violations().to_vec()
 }

@@ -15,7 +15,12 @@ Commands:
           etcd-client, protobuf-compiler; as root), then run every check CI
           runs, in order, stopping at the first failure: formatting, clippy,
           the examples, all tests (real etcd and real processes included), doc tests,
-          and the simulation tests (the runtime under madsim)
+          the simulation tests (the runtime under madsim) and a 500-seed
+          simulation sweep of the default scenario
+  sim     Build the simulator with --cfg madsim (release, own target
+          directory target/madsim-release) and run it: `cargo xtask sim
+          sweep --seeds 1000`, `cargo xtask sim replay --seed 7 --trace
+          t.jsonl`, `cargo xtask sim exhaustive` (`cargo xtask sim help`)
   help    Print this message";
 
 /// One step of a command: a program and its arguments, run from the
@@ -78,6 +83,23 @@ const TEST_STEPS: &[Step] = &[
         env: &[],
     },
     Step {
+        // The simulator's own code exists only under --cfg madsim.
+        name: "simulation clippy",
+        program: "cargo",
+        args: &[
+            "clippy",
+            "-p",
+            "taskgraph-sim",
+            "--all-targets",
+            "--target-dir",
+            "target/madsim",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        env: &[("RUSTFLAGS", "--cfg madsim")],
+    },
+    Step {
         // The runtime must compile unchanged under the madsim simulator and
         // run there (its own target directory: other RUSTFLAGS invalidate
         // the cache).
@@ -89,6 +111,33 @@ const TEST_STEPS: &[Step] = &[
             "taskgraph-sim",
             "--target-dir",
             "target/madsim",
+        ],
+        env: &[("RUSTFLAGS", "--cfg madsim")],
+    },
+    Step {
+        // The default scenario's sweep: 500 seeds of tree15 (15 tasks, one
+        // standby each, 2 spares, 60 simulated seconds, every fault kind),
+        // every event checked, every 25th seed replayed for the same trace
+        // hash. Built with the test profile, in the simulation tests' target
+        // directory, so it reuses their build.
+        name: "simulation sweep",
+        program: "cargo",
+        args: &[
+            "run",
+            "--profile",
+            "test",
+            "-p",
+            "taskgraph-sim",
+            "--bin",
+            "taskgraph-sim",
+            "--target-dir",
+            "target/madsim",
+            "--",
+            "sweep",
+            "--seeds",
+            "500",
+            "--check-replay",
+            "25",
         ],
         env: &[("RUSTFLAGS", "--cfg madsim")],
     },
@@ -127,6 +176,7 @@ fn main() -> ExitCode {
         Some("test") if args.len() == 1 => {
             ensure_debian_packages(REQUIRED_PACKAGES).and_then(|()| run_steps(TEST_STEPS))
         }
+        Some("sim") => run_sim(&args[1..]),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             Ok(())
@@ -150,6 +200,36 @@ fn main() -> ExitCode {
             eprintln!("xtask: error: {}", failure.message);
             ExitCode::from(failure.code)
         }
+    }
+}
+
+/// `cargo xtask sim ARGS`: runs the `taskgraph-sim` binary built with
+/// `--cfg madsim` in release mode, in its own target directory.
+fn run_sim(args: &[String]) -> Result<(), Failure> {
+    let status = Command::new(cargo())
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "taskgraph-sim",
+            "--bin",
+            "taskgraph-sim",
+            "--target-dir",
+            "target/madsim-release",
+            "--",
+        ])
+        .args(args)
+        .env("RUSTFLAGS", "--cfg madsim")
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|err| Failure::new(format!("could not run the simulator: {err}")))?;
+    match status.code() {
+        Some(0) => Ok(()),
+        code => Err(Failure {
+            message: format!("the simulator exited with {status}"),
+            code: code.and_then(|c| u8::try_from(c).ok()).unwrap_or(1),
+        }),
     }
 }
 
