@@ -15,4 +15,6 @@
 
 pub mod exhaustive;
 #[cfg(madsim)]
+pub mod regression;
+#[cfg(madsim)]
 pub mod world;

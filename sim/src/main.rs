@@ -24,8 +24,10 @@ Commands:
   help        Print this message
 
 Scenario options (sweep, replay):
-  --scenario NAME   tree15 (default: 15 tasks, 1 standby each, 2 spares,
-                    60 s, every fault kind) or small (7 tasks, 10 epochs)
+  --scenario NAME   tree15 (default: tree_sum, 15 tasks, 1 standby each,
+                    2 spares, 60 s, every fault kind), small (tree_sum, 7
+                    tasks, 10 epochs) or regression (the regression example,
+                    7 tasks, 25 steps; weights checked bit for bit)
   --tasks N  --fanout N  --standbys N  --spares N  --epochs N
   --pace-ms MS      pause between epochs
   --faults N        faults per seed
@@ -245,8 +247,11 @@ mod sim {
 
     fn scenario(args: &Args) -> Result<Scenario, Usage> {
         let name = args.get("scenario").unwrap_or("tree15");
-        let d = Scenario::named(name)
-            .ok_or_else(|| Usage(format!("unknown scenario {name:?} (tree15, small)")))?;
+        let d = Scenario::named(name).ok_or_else(|| {
+            Usage(format!(
+                "unknown scenario {name:?} (tree15, small, regression)"
+            ))
+        })?;
         let kinds = match args.get("kinds") {
             None => d.kinds.clone(),
             Some(list) => list
@@ -318,8 +323,10 @@ mod sim {
         let mut failed: Vec<(u64, Vec<String>)> = Vec::new();
         let mut replays = 0u64;
         let mut recoveries: Vec<Duration> = Vec::new();
+        let mut lost_model = 0u64;
         for seed in from..from + seeds {
             let out = run_seed(seed, &s);
+            lost_model += u64::from(out.lost_model);
             simulated += out.elapsed;
             events += out.log.len();
             for (k, n) in &out.fired {
@@ -391,6 +398,12 @@ mod sim {
             );
         }
         println!("events checked: {events}; replays checked for the same trace hash: {replays}");
+        if lost_model > 0 {
+            println!(
+                "runs whose regression lost its model (task 0 and its standby down together; \
+                 the job fails, as it must): {lost_model}"
+            );
+        }
         println!(
             "simulated {:.0} s in {secs:.1} s wall: {:.1} simulated s per wall s, {:.0} seeds per minute",
             simulated.as_secs_f64(),

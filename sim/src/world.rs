@@ -18,9 +18,23 @@ use taskgraph_runtime::{
 /// The job's name in every simulated run.
 pub const JOB: &str = "sim";
 
-/// Shape, timing and fault load of a simulated tree_sum run.
+/// The application a scenario runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum App {
+    /// tree_sum: every epoch, the tree sums the task ids; task 0 checks the
+    /// total.
+    TreeSum,
+    /// The regression example: gradient descent along the tree, one step
+    /// per epoch; the final weights must be bit-identical to a run without
+    /// faults.
+    Regression,
+}
+
+/// Shape, timing and fault load of a simulated run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scenario {
+    /// The application.
+    pub app: App,
     /// Tasks.
     pub tasks: u32,
     /// Children per task of the tree.
@@ -51,6 +65,7 @@ impl Scenario {
     /// without faults), 8 faults of every kind within the first 60 s.
     pub fn tree15() -> Self {
         Scenario {
+            app: App::TreeSum,
             tasks: 15,
             fanout: 2,
             standbys: 1,
@@ -79,12 +94,38 @@ impl Scenario {
         }
     }
 
-    /// The scenario called `name` (`tree15` or `small`).
+    /// The regression example: 7 tasks, one standby each, 2 spares, 25
+    /// gradient steps 120 ms apart, 4 faults within the first 3 s.
+    pub fn regression() -> Self {
+        Scenario {
+            app: App::Regression,
+            spares: 2,
+            epochs: 25,
+            pace: Duration::from_millis(120),
+            ..Scenario::small()
+        }
+    }
+
+    /// The scenario called `name` (`tree15`, `small` or `regression`).
     pub fn named(name: &str) -> Option<Self> {
         match name {
             "tree15" | "default" => Some(Scenario::tree15()),
             "small" => Some(Scenario::small()),
+            "regression" => Some(Scenario::regression()),
             _ => None,
+        }
+    }
+
+    /// The regression problem of this scenario (its data set is fixed: every
+    /// seed solves the same problem, so every run must reach the same
+    /// weights).
+    pub fn problem(&self) -> crate::regression::Problem {
+        crate::regression::Problem {
+            seed: 7,
+            points_per_task: 100,
+            noise: 0.05,
+            lr: 1.5,
+            steps: self.epochs,
         }
     }
 
@@ -402,6 +443,14 @@ pub struct Outcome {
     /// How long after the last heal every task had a primary again (`None`:
     /// not within [`Scenario::liveness_bound`]).
     pub recovery: Option<Duration>,
+    /// The regression's final weights (as bits), if it got there.
+    pub weights: Option<Vec<u64>>,
+    /// What the application found wrong with its own results.
+    pub app_failures: Vec<String>,
+    /// The regression lost its model (task 0 and every standby of it
+    /// failed together) and ended the job as failed: an honest outcome
+    /// under that many faults, not a violation.
+    pub lost_model: bool,
 }
 
 impl Outcome {
@@ -416,21 +465,26 @@ impl Outcome {
                 s.liveness_bound()
             ));
         }
-        let missing: Vec<u64> = (1..=s.epochs)
-            .filter(|e| !self.results.iter().any(|r| r.epoch.0 == *e))
-            .collect();
-        if !missing.is_empty() {
-            f.push(format!("epochs never verified: {missing:?}"));
+        f.extend(self.app_failures.iter().cloned());
+        if s.app == App::TreeSum {
+            let missing: Vec<u64> = (1..=s.epochs)
+                .filter(|e| !self.results.iter().any(|r| r.epoch.0 == *e))
+                .collect();
+            if !missing.is_empty() {
+                f.push(format!("epochs never verified: {missing:?}"));
+            }
+            for r in self.results.iter().filter(|r| r.total != r.expected) {
+                f.push(format!("wrong answer: {r:?}"));
+            }
         }
-        for r in self.results.iter().filter(|r| r.total != r.expected) {
-            f.push(format!("wrong answer: {r:?}"));
-        }
+        let expected = if self.lost_model {
+            "JobEnded(Failed"
+        } else {
+            "JobEnded(Completed"
+        };
         for (id, exit) in &self.exits {
-            if !exit
-                .as_deref()
-                .is_some_and(|e| e.contains("JobEnded(Completed"))
-            {
-                f.push(format!("node {id} did not see the job complete: {exit:?}"));
+            if !exit.as_deref().is_some_and(|e| e.contains(expected)) {
+                f.push(format!("node {id} did not see {expected}: {exit:?}"));
             }
         }
         f
@@ -538,18 +592,64 @@ pub fn run_seed(seed: u64, s: &Scenario) -> Outcome {
 /// and madsim can seed them from the run's seed only on a thread that has
 /// not drawn them yet (otherwise a replay in the same process could differ).
 pub fn run_seed_with(seed: u64, s: &Scenario, faults: &[SimFault]) -> Outcome {
+    let reference = match s.app {
+        App::TreeSum => None,
+        App::Regression => regression_reference(s),
+    };
+    run_on_own_thread(seed, s, faults, reference)
+}
+
+fn run_on_own_thread(
+    seed: u64,
+    s: &Scenario,
+    faults: &[SimFault],
+    reference: Option<Vec<u64>>,
+) -> Outcome {
     let (s, faults) = (s.clone(), faults.to_vec());
     let run = std::thread::spawn(move || {
         let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
-        rt.block_on(run_with_faults(&s, &faults))
+        rt.block_on(run_app(&s, &faults, reference.as_deref()))
     });
     run.join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-/// Runs `s` in the current madsim runtime under `faults`, heals everything,
-/// checks liveness, then waits for every node to see the job end.
+/// The final weights of the regression of `s` without faults (seed 0),
+/// computed once per process and shape.
+fn regression_reference(s: &Scenario) -> Option<Vec<u64>> {
+    type Cache = BTreeMap<String, Option<Vec<u64>>>;
+    static CACHE: Mutex<Cache> = Mutex::new(BTreeMap::new());
+    let calm = Scenario {
+        faults: 0,
+        canary: None,
+        ..s.clone()
+    };
+    let key = format!("{calm:?}");
+    if let Some(w) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return w.clone();
+    }
+    let w = run_on_own_thread(0, &calm, &[], None).weights;
+    CACHE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, w.clone());
+    w
+}
+
+/// Runs tree_sum scenario `s` in the current madsim runtime under `faults`,
+/// heals everything, checks liveness, then waits for every node to see the
+/// job end. (For the regression, use [`run_seed_with`].)
 pub async fn run_with_faults(s: &Scenario, faults: &[SimFault]) -> Outcome {
+    let s = Scenario {
+        app: App::TreeSum,
+        ..s.clone()
+    };
+    run_app(&s, faults, None).await
+}
+
+/// Runs `s` under `faults`; a regression's final weights are compared with
+/// `reference` when given.
+async fn run_app(s: &Scenario, faults: &[SimFault], reference: Option<&[u64]>) -> Outcome {
     let handle = madsim::runtime::Handle::current();
     let keys = Keys::new("taskgraph", JOB);
     let topo = Arc::new(TreeTopology::new(s.fanout, s.tasks).expect("a valid scenario"));
@@ -594,11 +694,13 @@ pub async fn run_with_faults(s: &Scenario, faults: &[SimFault]) -> Outcome {
         })
         .build();
     let results = Results::default();
+    let report = crate::regression::Report::default();
     let n = s.nodes();
     let mut joins = Vec::new();
     let mut machines = Vec::new();
     for id in 1..=n {
         let (sc, r, m, topo) = (s.clone(), results.clone(), monitor.clone(), topo.clone());
+        let rep = report.clone();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<NodeExit, String>>();
         let machine = handle
             .create_node()
@@ -607,6 +709,7 @@ pub async fn run_with_faults(s: &Scenario, faults: &[SimFault]) -> Outcome {
             .init(move || {
                 let (sc, r, tx, m, topo) =
                     (sc.clone(), r.clone(), tx.clone(), m.clone(), topo.clone());
+                let rep = rep.clone();
                 async move {
                     let (etx, mut erx) = tokio::sync::mpsc::unbounded_channel();
                     tokio::spawn(async move {
@@ -628,9 +731,17 @@ pub async fn run_with_faults(s: &Scenario, faults: &[SimFault]) -> Outcome {
                     cfg.ttl = sc.ttl;
                     cfg.canary = sc.canary;
                     let opts = NodeOptions::new(cfg, SocketAddr::new(ip(id + 1), NODE_PORT));
-                    let builder = TreeSumBuilder::new(sc.tasks, sc.epochs, r).with_pace(sc.pace);
-                    let h = match spawn_node(opts, store, topo, Box::new(builder), Some(etx)).await
-                    {
+                    let builder: Box<dyn taskgraph_core::TaskBuilder> = match sc.app {
+                        App::TreeSum => {
+                            Box::new(TreeSumBuilder::new(sc.tasks, sc.epochs, r).with_pace(sc.pace))
+                        }
+                        App::Regression => Box::new(crate::regression::RegressionBuilder {
+                            problem: sc.problem(),
+                            report: rep,
+                            pace: sc.pace,
+                        }),
+                    };
+                    let h = match spawn_node(opts, store, topo, builder, Some(etx)).await {
                         Ok(h) => h,
                         Err(e) => {
                             let _ = tx.send(Err(e.to_string()));
@@ -806,6 +917,28 @@ pub async fn run_with_faults(s: &Scenario, faults: &[SimFault]) -> Outcome {
         exits.push((id, exit.ok().flatten().map(|e| format!("{e:?}"))));
     }
     let elapsed = start.elapsed();
+    let mut app_failures = Vec::new();
+    let mut weights = None;
+    let lost_model = s.app == App::Regression && report.lost_state();
+    if s.app == App::Regression {
+        if let Some(step) = report.inconsistency() {
+            app_failures.push(format!(
+                "regression: two passes over the weights of step {step} disagree"
+            ));
+        }
+        weights = report
+            .final_result(s.epochs)
+            .map(|(w, _)| w.iter().map(|x| x.to_bits()).collect::<Vec<u64>>());
+        match (&weights, reference) {
+            (None, _) if !lost_model => {
+                app_failures.push("regression: no final weights".to_string());
+            }
+            (Some(w), Some(r)) if w.as_slice() != r => app_failures.push(format!(
+                "regression: final weights {w:x?} differ from the fault-free run's {r:x?}"
+            )),
+            _ => {}
+        }
+    }
     let mut m = lock(&monitor);
     let end = Instant::from_duration(m.since());
     m.checker.finish(end);
@@ -819,6 +952,9 @@ pub async fn run_with_faults(s: &Scenario, faults: &[SimFault]) -> Outcome {
         fired,
         violations: m.checker.violations().to_vec(),
         recovery,
+        weights,
+        app_failures,
+        lost_model,
     }
 }
 

@@ -114,3 +114,21 @@ fn the_log_checker_catches_a_delivery_made_twice_and_an_epoch_out_of_order() {
     let v = check_log(7, &reordered);
     assert!(v.iter().any(|v| v.what.starts_with("S10")), "{v:?}");
 }
+
+#[test]
+fn the_regression_reaches_the_fault_free_weights_under_30_seeds_of_faults() {
+    let s = Scenario::regression();
+    let calm = run_seed_with(0, &s, &[]);
+    assert_eq!(calm.failures(&s), Vec::<String>::new());
+    let reference = calm.weights.clone().expect("the fault-free run's weights");
+    let mut compared = 0;
+    for seed in 0..30 {
+        let out = run_seed(seed, &s);
+        assert_eq!(out.failures(&s), Vec::<String>::new(), "seed {seed}");
+        if let Some(w) = &out.weights {
+            assert_eq!(w, &reference, "seed {seed}");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 20, "only {compared} of 30 runs reached the end");
+}

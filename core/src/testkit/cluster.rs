@@ -1136,7 +1136,38 @@ impl Cluster {
         }
     }
 
-    /// Adds `extra` delay to every message on `a -> b`.
+    /// Messages `from` has in flight.
+    pub fn in_flight_from(&self, from: NodeId) -> usize {
+        self.queue
+            .iter()
+            .filter(|q| matches!(&q.0.ev, Ev::Msg { from: f, .. } if *f == from))
+            .count()
+    }
+
+    /// Holds every message `from` has in flight for `extra` longer (each
+    /// link stays in order): what a sender's buffered packets do while it
+    /// is paused.
+    pub fn delay_in_flight(&mut self, from: NodeId, extra: Duration) {
+        let queued = std::mem::take(&mut self.queue).into_vec();
+        for Reverse(mut q) in queued {
+            if let Ev::Msg { from: f, to, .. } = &q.ev {
+                if *f == from {
+                    q.at = q.at + extra;
+                    let tail = self.tails.entry(Chan::Link(from, *to)).or_insert(q.at);
+                    if *tail < q.at {
+                        *tail = q.at;
+                    }
+                }
+            }
+            self.queue.push(Reverse(q));
+        }
+        self.note(
+            Some(from),
+            format_args!("in-flight messages held {extra:?}"),
+        );
+    }
+
+    /// Adds `extra` delay to every later message on `a -> b`.
     pub fn slow_link(&mut self, a: NodeId, b: NodeId, extra: Duration) {
         self.faults.delays += 1;
         self.slow.insert((a, b), extra);

@@ -307,10 +307,18 @@ pub fn run_schedule(cfg: &ScheduleConfig, schedule: &Schedule) -> ScheduleOutcom
             }
             Fault::Pause { node, duration } => {
                 let node = retarget(&mut target_rng, &cluster, node);
-                // Half the pauses leave messages in flight that arrive after
-                // the paused primary has been replaced (stale messages that
-                // fencing must drop, S3).
+                // Half the pauses catch the node while it has messages in
+                // flight (waiting up to a second for it to send) and hold
+                // them until around the time its successor takes over: stale
+                // messages that fencing must drop (S3).
                 if target_rng.chance(0.5) {
+                    let until = cluster.now() + Duration::from_secs(1);
+                    let sending = cluster.run_until_pred(until, |c| c.in_flight_from(node) > 0);
+                    if sending {
+                        let hold =
+                            cfg.cluster.ttl + Duration::from_millis(target_rng.range(0, 1_000));
+                        cluster.delay_in_flight(node, hold);
+                    }
                     let extra = duration + cfg.cluster.ttl;
                     for b in cluster.node_ids() {
                         if b != node {
