@@ -182,8 +182,9 @@ pub fn run_placement_with(b: &Bounds, cfg: ClusterConfig, placement: &Placement)
             }
             continue;
         }
-        if heals.is_empty() && next >= placement.len() && c.node_ids().iter().all(|n| !c.is_up(*n))
-        {
+        // The job ended (every node stopped) with nothing left to heal; a
+        // fault placed at a boundary the run never reached does not happen.
+        if heals.is_empty() && c.node_ids().iter().all(|n| !c.is_up(*n)) {
             finished = true;
             break;
         }
@@ -260,6 +261,24 @@ mod tests {
         };
         // 14 slots: crash sets 1 + 14 + 91 = 106, partition sets 1 + 14 = 15.
         assert_eq!(placements(&b).len(), 106 * 15);
+    }
+
+    #[test]
+    fn a_fault_placed_after_the_job_ended_is_not_a_failure() {
+        let b = Bounds {
+            boundaries: 100,
+            max_crashes: 0,
+            ..Bounds::default()
+        };
+        // Far past the end of a 3-epoch run.
+        let late = vec![(99, Placed::Partition(NodeId(1)))];
+        let run = run_placement(&b, &late, 1);
+        assert!(run.violations.is_empty(), "{:?}", run.violations);
+        assert_eq!(
+            run.trace_hash,
+            run_placement(&b, &Vec::new(), 1).trace_hash,
+            "the same run as without the fault"
+        );
     }
 
     #[test]
