@@ -25,7 +25,8 @@ pub struct Bounds {
     /// Faults are placed at the step boundaries `0, stride, 2·stride, …`,
     /// `boundaries` of them.
     pub boundaries: u64,
-    /// Harness steps between two boundaries.
+    /// Harness steps between two boundaries (0: the fault-free run's length
+    /// divided by `boundaries`, see [`with_stride`]).
     pub stride: u64,
     /// At most this many crashes per placement.
     pub max_crashes: usize,
@@ -41,7 +42,8 @@ pub struct Bounds {
 
 impl Default for Bounds {
     /// 3 tasks, one standby each, one spare (7 nodes), 3 epochs; up to 2
-    /// crashes and 1 partition at 8 boundaries 40 steps apart.
+    /// crashes and 1 partition at 8 boundaries spread over the fault-free
+    /// run.
     fn default() -> Self {
         Bounds {
             tasks: 3,
@@ -49,7 +51,7 @@ impl Default for Bounds {
             spares: 1,
             epochs: 3,
             boundaries: 8,
-            stride: 40,
+            stride: 0,
             max_crashes: 2,
             max_partitions: 1,
             restart_after: Duration::from_secs(1),
@@ -70,7 +72,8 @@ impl Bounds {
 pub enum Placed {
     /// Crash this node (restarted after [`Bounds::restart_after`]).
     Crash(NodeId),
-    /// Cut this node from peers and store (healed after [`Bounds::partition_for`]).
+    /// Cut this node from peers and store (healed after
+    /// [`Bounds::partition_for`]).
     Partition(NodeId),
 }
 
@@ -129,6 +132,9 @@ pub struct PlacementRun {
     pub trace_hash: u128,
     /// Every violation.
     pub violations: Vec<Violation>,
+    /// Whether every fault of the placement fired (a crash of a node that
+    /// is down, or a fault at a boundary after the job ended, does not).
+    pub all_fired: bool,
 }
 
 /// Runs tree_sum under one placement, seeded `seed`.
@@ -148,13 +154,14 @@ pub fn run_placement_with(b: &Bounds, cfg: ClusterConfig, placement: &Placement)
         Box::new(move |_| Box::new(TreeSumBuilder::new(tasks, epochs, r.clone()))),
     );
     let deadline = Instant::ZERO + b.deadline;
+    let stride = b.stride.max(1);
     let mut next = 0;
     let mut heals: Vec<(Instant, Placed)> = Vec::new();
-    let mut steps = 0u64;
+    let mut fired = 0;
     let mut finished = false;
     loop {
         while let Some((i, f)) = placement.get(next) {
-            if i * b.stride > steps {
+            if i * stride > c.steps() {
                 break;
             }
             let now = c.now();
@@ -162,11 +169,15 @@ pub fn run_placement_with(b: &Bounds, cfg: ClusterConfig, placement: &Placement)
                 Placed::Crash(n) if c.is_up(*n) => {
                     c.crash(*n);
                     heals.push((now + b.restart_after, *f));
+                    fired += 1;
                 }
                 Placed::Crash(_) => {}
                 Placed::Partition(n) => {
+                    // From everyone: peers and store.
                     c.partition_node(*n);
+                    c.cut_store(*n);
                     heals.push((now + b.partition_for, *f));
+                    fired += 1;
                 }
             }
             next += 1;
@@ -178,7 +189,10 @@ pub fn run_placement_with(b: &Bounds, cfg: ClusterConfig, placement: &Placement)
             let _ = h;
             match f {
                 Placed::Crash(n) => c.restart(n),
-                Placed::Partition(n) => c.heal_node(n),
+                Placed::Partition(n) => {
+                    c.heal_node(n);
+                    c.heal_store(n);
+                }
             }
             continue;
         }
@@ -191,7 +205,6 @@ pub fn run_placement_with(b: &Bounds, cfg: ClusterConfig, placement: &Placement)
         match c.next_time() {
             Some(t) if t <= deadline && due.map_or(true, |h| t <= h) => {
                 c.step();
-                steps += 1;
             }
             _ => match due {
                 Some(h) if h <= deadline => c.run_until(h),
@@ -204,6 +217,7 @@ pub fn run_placement_with(b: &Bounds, cfg: ClusterConfig, placement: &Placement)
         steps: c.steps(),
         trace_hash: c.trace_hash(),
         violations,
+        all_fired: fired == placement.len(),
     }
 }
 
@@ -216,6 +230,10 @@ pub struct Explored {
     pub steps: u64,
     /// Distinct runs (distinct trace hashes).
     pub distinct: u64,
+    /// Placements all of whose faults fired.
+    pub all_fired: u64,
+    /// The stride used (steps between boundaries).
+    pub stride: u64,
     /// Failing placements with their first violation.
     pub failures: Vec<(Placement, Violation)>,
 }
@@ -223,14 +241,19 @@ pub struct Explored {
 /// Runs every placement within `b` (seed `seed` for the harness's own
 /// delays), calling `progress` after each.
 pub fn explore(b: &Bounds, seed: u64, mut progress: impl FnMut(u64, u64)) -> Explored {
+    let b = &with_stride(b, seed);
     let all = placements(b);
     let total = all.len() as u64;
-    let mut e = Explored::default();
+    let mut e = Explored {
+        stride: b.stride,
+        ..Explored::default()
+    };
     let mut hashes = BTreeSet::new();
     for p in &all {
         let run = run_placement(b, p, seed);
         e.placements += 1;
         e.steps += run.steps;
+        e.all_fired += u64::from(run.all_fired);
         hashes.insert(run.trace_hash);
         if let Some(v) = run.violations.first() {
             e.failures.push((p.clone(), v.clone()));
@@ -239,6 +262,24 @@ pub fn explore(b: &Bounds, seed: u64, mut progress: impl FnMut(u64, u64)) -> Exp
     }
     e.distinct = hashes.len() as u64;
     e
+}
+
+/// `b` with a stride: its own, or (stride 0) the fault-free run's length
+/// spread evenly over the boundaries, so that they span the whole run.
+pub fn with_stride(b: &Bounds, seed: u64) -> Bounds {
+    let mut b = b.clone();
+    if b.stride == 0 {
+        let calm = run_placement(
+            &Bounds {
+                stride: 1,
+                ..b.clone()
+            },
+            &Vec::new(),
+            seed,
+        );
+        b.stride = (calm.steps / b.boundaries.max(1)).max(1);
+    }
+    b
 }
 
 #[cfg(test)]
@@ -267,13 +308,15 @@ mod tests {
     fn a_fault_placed_after_the_job_ended_is_not_a_failure() {
         let b = Bounds {
             boundaries: 100,
+            stride: 40,
             max_crashes: 0,
             ..Bounds::default()
         };
-        // Far past the end of a 3-epoch run.
+        // Step 3,960: far past the end of a 3-epoch run (about 200 steps).
         let late = vec![(99, Placed::Partition(NodeId(1)))];
         let run = run_placement(&b, &late, 1);
         assert!(run.violations.is_empty(), "{:?}", run.violations);
+        assert!(!run.all_fired);
         assert_eq!(
             run.trace_hash,
             run_placement(&b, &Vec::new(), 1).trace_hash,

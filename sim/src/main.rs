@@ -19,7 +19,8 @@ Commands:
                 --seed S  --trace FILE (write the trace as JSON lines)
   exhaustive  Every placement of up to --crashes C (2) crashes and
               --partitions P (1) node partitions at --boundaries B (8) step
-              boundaries --stride K (40) steps apart, on the core harness;
+              boundaries --stride K steps apart (default: spread over the
+              fault-free run), on the core harness;
               tree of --tasks (3) with --standbys (1), --spares (1), --epochs (3)
   help        Print this message
 
@@ -187,12 +188,11 @@ fn exhaustive_cmd(args: &Args) -> Result<bool, Usage> {
         max_partitions: args.num("partitions", d.max_partitions)?,
         ..d
     };
-    if b.tasks == 0 || b.epochs == 0 || b.stride == 0 {
-        return Err(Usage(
-            "--tasks, --epochs and --stride must be at least 1".into(),
-        ));
+    if b.tasks == 0 || b.epochs == 0 {
+        return Err(Usage("--tasks and --epochs must be at least 1".into()));
     }
     let seed = args.num("seed", 0u64)?;
+    let b = exhaustive::with_stride(&b, seed);
     let total = exhaustive::placements(&b).len() as u64;
     println!(
         "exhaustive: {} tasks, {} standby each, {} spare; up to {} crashes and {} partitions at {} boundaries {} steps apart: {total} placements",
@@ -204,8 +204,9 @@ fn exhaustive_cmd(args: &Args) -> Result<bool, Usage> {
     bar.finish_and_clear();
     let secs = wall.elapsed().as_secs_f64();
     println!(
-        "explored {} placements, {} states (harness steps), {} distinct runs, in {secs:.1} s ({:.0} states/s); {} failed",
+        "explored {} placements ({} with every fault fired), {} states (harness steps), {} distinct runs, in {secs:.1} s ({:.0} states/s); {} failed",
         e.placements,
+        e.all_fired,
         e.steps,
         e.distinct,
         e.steps as f64 / secs.max(1e-9),
@@ -243,7 +244,7 @@ mod sim {
     use std::io::Write;
     use std::time::{Duration, Instant};
     use taskgraph_core::Canary;
-    use taskgraph_sim::world::{run_seed, FaultKind, Scenario};
+    use taskgraph_sim::world::{run_seed, FaultKind, Outcome, Scenario};
 
     fn scenario(args: &Args) -> Result<Scenario, Usage> {
         let name = args.get("scenario").unwrap_or("tree15");
@@ -287,6 +288,16 @@ mod sim {
         Ok(s)
     }
 
+    /// Runs one seed; a panic in the run becomes that seed's failure.
+    fn run_caught(seed: u64, s: &Scenario) -> Result<Outcome, String> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_seed(seed, s))).map_err(|p| {
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|m| m.to_string()))
+                .unwrap_or_else(|| "a panic without a message".to_string())
+        })
+    }
+
     fn replay_command(seed: u64, args: &Args) -> String {
         format!(
             "cargo xtask sim replay --seed {seed}{}",
@@ -302,9 +313,11 @@ mod sim {
         let seeds: u64 = args.num("seeds", 500)?;
         let from: u64 = args.num("from", 0)?;
         let check_every: u64 = args.num("check-replay", 50)?;
+        let end = from
+            .checked_add(seeds)
+            .ok_or_else(|| Usage(format!("--from {from} --seeds {seeds}: past the last seed")))?;
         println!(
-            "sweep: seeds {from}..{}, {} tasks (fanout {}), {} standby each, {} spares, {} epochs, {} faults per seed within {:?} from {:?}{}",
-            from + seeds,
+            "sweep: seeds {from}..{end}, {} tasks (fanout {}), {} standby each, {} spares, {} epochs, {} faults per seed within {:?} from {:?}{}",
             s.tasks,
             s.fanout,
             s.standbys,
@@ -324,9 +337,23 @@ mod sim {
         let mut replays = 0u64;
         let mut recoveries: Vec<Duration> = Vec::new();
         let mut lost_model = 0u64;
-        for seed in from..from + seeds {
-            let out = run_seed(seed, &s);
+        let mut vacancies: Vec<Duration> = Vec::new();
+        for seed in from..end {
+            let out = match run_caught(seed, &s) {
+                Ok(out) => out,
+                Err(panic) => {
+                    let line = format!(
+                        "seed {seed} FAILED: panicked: {panic}\n  replay: {}",
+                        replay_command(seed, args)
+                    );
+                    println!("{line}");
+                    failed.push((seed, vec![format!("panicked: {panic}")]));
+                    bar.inc(1);
+                    continue;
+                }
+            };
             lost_model += u64::from(out.lost_model);
+            vacancies.extend(&out.vacancies);
             simulated += out.elapsed;
             events += out.log.len();
             for (k, n) in &out.fired {
@@ -336,11 +363,11 @@ mod sim {
             let mut f = out.failures(&s);
             if check_every > 0 && (seed - from) % check_every == 0 {
                 replays += 1;
-                let again = run_seed(seed, &s);
-                if again.trace_hash != out.trace_hash {
+                let again = run_caught(seed, &s).map(|o| o.trace_hash);
+                if again.as_ref() != Ok(&out.trace_hash) {
                     f.push(format!(
-                        "determinism: the replay's trace hash {:032x} differs from {:032x}",
-                        again.trace_hash, out.trace_hash
+                        "determinism: the replay gave {again:x?}, the first run {:032x}",
+                        out.trace_hash
                     ));
                 }
             }
@@ -387,6 +414,17 @@ mod sim {
             println!(
                 "fault kinds that never fired in this sweep: {}",
                 never.join(", ")
+            );
+        }
+        vacancies.sort();
+        if let Some(max) = vacancies.last() {
+            let at = |q: f64| vacancies[((vacancies.len() - 1) as f64 * q) as usize];
+            println!(
+                "primary vacancies (key deleted until re-created): {}, median {:?}, p99 {:?}, max {:?}",
+                vacancies.len(),
+                at(0.5),
+                at(0.99),
+                max
             );
         }
         recoveries.sort();
@@ -436,8 +474,13 @@ mod sim {
                 }
                 f.flush()
             };
-            write().map_err(|e| Usage(format!("could not write {path}: {e}")))?;
-            println!("trace: {} lines written to {path}", out.trace.len());
+            match write() {
+                Ok(()) => println!("trace: {} lines written to {path}", out.trace.len()),
+                Err(e) => {
+                    eprintln!("taskgraph-sim: could not write the trace to {path}: {e}");
+                    return Ok(false);
+                }
+            }
         }
         let fired: Vec<String> = out
             .fired

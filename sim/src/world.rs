@@ -443,6 +443,10 @@ pub struct Outcome {
     /// How long after the last heal every task had a primary again (`None`:
     /// not within [`Scenario::liveness_bound`]).
     pub recovery: Option<Duration>,
+    /// Every time a task's primary key was deleted and later re-created:
+    /// how long the task had no primary (failover time as the store saw
+    /// it, including waits for a machine that was down or cut off).
+    pub vacancies: Vec<Duration>,
     /// The regression's final weights (as bits), if it got there.
     pub weights: Option<Vec<u64>>,
     /// What the application found wrong with its own results.
@@ -501,6 +505,12 @@ struct Monitor {
     log: Vec<(Duration, NodeId, Event)>,
     trace: Vec<TraceLine>,
     hash: TraceHash,
+    /// The task and incarnation each node last said it acts as primary of.
+    acting: BTreeMap<NodeId, (TaskId, taskgraph_core::Incarnation)>,
+    /// Tasks whose primary key is gone, since when.
+    vacant: BTreeMap<TaskId, Duration>,
+    /// How long each task went without a primary key, per vacancy.
+    vacancies: Vec<Duration>,
 }
 
 impl Monitor {
@@ -517,8 +527,19 @@ impl Monitor {
 
     fn event(&mut self, node: NodeId, ev: Event) {
         let at = self.since();
-        if let Event::SessionStarted { session } = &ev {
-            self.sessions.insert(node, *session);
+        match &ev {
+            Event::SessionStarted { session } => {
+                self.sessions.insert(node, *session);
+            }
+            Event::BecamePrimary {
+                task, incarnation, ..
+            } => {
+                self.acting.insert(node, (*task, *incarnation));
+            }
+            Event::SteppedDown { .. } | Event::SessionLost { .. } | Event::Stopped { .. } => {
+                self.acting.remove(&node);
+            }
+            _ => {}
         }
         let session = self.sessions.get(&node).copied().unwrap_or_default();
         let now = Instant::from_duration(at);
@@ -536,25 +557,57 @@ impl Monitor {
         self.line(at, None, what);
     }
 
-    /// The node the store names primary of `task`.
-    fn primary_of(&self, keys: &Keys, task: u32) -> Option<u64> {
+    /// Follows the primary keys: a delete opens a vacancy, the next put
+    /// of the same task's key closes it.
+    fn primary_changes(
+        &mut self,
+        keys: &Keys,
+        at: Duration,
+        events: &[taskgraph_core::store::WatchEvent],
+    ) {
+        use taskgraph_core::store::WatchEventKind;
+        for ev in events {
+            let Some(Key::Primary(t)) = keys.parse(&ev.kv.key) else {
+                continue;
+            };
+            match ev.kind {
+                WatchEventKind::Delete => {
+                    self.vacant.entry(t).or_insert(at);
+                }
+                WatchEventKind::Put => {
+                    if let Some(since) = self.vacant.remove(&t) {
+                        self.vacancies.push(at.saturating_sub(since));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The node the store names primary of `task`, and its incarnation.
+    fn primary_of(&self, keys: &Keys, task: u32) -> Option<(u64, taskgraph_core::Incarnation)> {
         let st = self.store.as_ref()?;
         st.with(|s| {
             let kv = s.get(&keys.key(Key::Primary(TaskId(task))))?;
             let rec: taskgraph_core::keys::RoleRecord =
                 taskgraph_core::keys::decode(&kv.key, &kv.value).ok()?;
-            Some(rec.node.0)
+            Some((rec.node.0, taskgraph_core::Incarnation(kv.create_revision)))
         })
     }
 
-    /// Whether every task has a primary, or the job has ended.
+    /// Whether the job has ended, or every task has a primary: the node the
+    /// store names, acting as that incarnation (a key left behind by a node
+    /// that crashed or stepped down does not count).
     fn live(&self, keys: &Keys, tasks: u32) -> bool {
         let Some(st) = self.store.as_ref() else {
             return false;
         };
-        st.with(|s| {
-            s.get(&keys.key(Key::Exit)).is_some()
-                || (0..tasks).all(|t| s.get(&keys.key(Key::Primary(TaskId(t)))).is_some())
+        if st.with(|s| s.get(&keys.key(Key::Exit)).is_some()) {
+            return true;
+        }
+        (0..tasks).all(|t| {
+            self.primary_of(keys, t).is_some_and(|(node, inc)| {
+                self.acting.get(&NodeId(node)) == Some(&(TaskId(t), inc))
+            })
         })
     }
 }
@@ -573,8 +626,122 @@ fn ip(i: u64) -> IpAddr {
     ))
 }
 
-/// Undoes a fault.
-type Heal = Box<dyn FnOnce() + Send>;
+/// The store machine's number among the simulated machines (nodes are
+/// numbered from 1).
+const STORE: u64 = 0;
+
+/// A cut of the simulated network: a machine from everyone, or one
+/// direction of one link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Cut {
+    Node(u64),
+    Link(u64, u64),
+}
+
+/// How a fault is undone.
+#[derive(Debug)]
+enum Undo {
+    Restart(u64),
+    Uncut(Vec<Cut>),
+    Undelay(Duration),
+}
+
+/// Applies faults to the simulated world. madsim's clogs are sets, so two
+/// overlapping faults on one machine or link would both end at the first
+/// heal; here each cut is counted and lifted only when the last fault over
+/// it heals, and the latency is the largest of the delays in force.
+struct Injector {
+    net: Arc<madsim::net::NetSim>,
+    handle: madsim::runtime::Handle,
+    ids: BTreeMap<u64, madsim::task::NodeId>,
+    cuts: BTreeMap<Cut, u32>,
+    delays: Vec<Duration>,
+}
+
+impl Injector {
+    fn kill(&self, node: u64) {
+        if let Some(id) = self.ids.get(&node) {
+            self.handle.kill(*id);
+        }
+    }
+
+    fn cut(&mut self, cuts: &[Cut]) {
+        for c in cuts {
+            let n = self.cuts.entry(*c).or_default();
+            *n += 1;
+            if *n == 1 {
+                self.clog(*c, true);
+            }
+        }
+    }
+
+    fn clog(&self, c: Cut, on: bool) {
+        match c {
+            Cut::Node(n) => {
+                if let Some(id) = self.ids.get(&n) {
+                    if on {
+                        self.net.clog_node(*id);
+                    } else {
+                        self.net.unclog_node(*id);
+                    }
+                }
+            }
+            Cut::Link(a, b) => {
+                if let (Some(a), Some(b)) = (self.ids.get(&a), self.ids.get(&b)) {
+                    if on {
+                        self.net.clog_link(*a, *b);
+                    } else {
+                        self.net.unclog_link(*a, *b);
+                    }
+                }
+            }
+        }
+    }
+
+    fn delay(&mut self, latency: Duration) {
+        self.delays.push(latency);
+        self.set_latency();
+    }
+
+    fn set_latency(&self) {
+        let lo = Duration::from_millis(1);
+        match self.delays.iter().max() {
+            Some(l) => self
+                .net
+                .update_config(|c| c.send_latency = lo..(*l).max(lo * 2)),
+            None => self
+                .net
+                .update_config(|c| *c = madsim::net::Config::default()),
+        }
+    }
+
+    fn undo(&mut self, undo: Undo) {
+        match undo {
+            Undo::Restart(node) => {
+                if let Some(id) = self.ids.get(&node) {
+                    self.handle.restart(*id);
+                }
+            }
+            Undo::Uncut(cuts) => {
+                for c in cuts {
+                    if let Some(n) = self.cuts.get_mut(&c) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.cuts.remove(&c);
+                            self.clog(c, false);
+                        }
+                    }
+                }
+            }
+            Undo::Undelay(latency) => {
+                if let Some(i) = self.delays.iter().position(|l| *l == latency) {
+                    self.delays.remove(i);
+                }
+                self.set_latency();
+            }
+        }
+    }
+}
 
 const STORE_PORT: u16 = 2379;
 const NODE_PORT: u16 = 7000;
@@ -661,6 +828,9 @@ async fn run_app(s: &Scenario, faults: &[SimFault], reference: Option<&[u64]>) -
         log: Vec::new(),
         trace: Vec::new(),
         hash: TraceHash::new(),
+        acting: BTreeMap::new(),
+        vacant: BTreeMap::new(),
+        vacancies: Vec::new(),
     }));
     let store_addr = SocketAddr::new(ip(1), STORE_PORT);
     let store_monitor = monitor.clone();
@@ -679,13 +849,18 @@ async fn run_app(s: &Scenario, faults: &[SimFault], reference: Option<&[u64]>) -
                 lock(&monitor).store = Some(server.clone());
                 // The monitor's own watch: which primaries the store had
                 // and when (for the end-of-run S4/S5 completeness checks).
-                if let Ok(mut w) = server.watch(keys.prefix().to_string(), 0).await {
+                if let Ok(w) = server.watch(keys.prefix().to_string(), 0).await {
                     let m = monitor.clone();
                     tokio::spawn(async move {
+                        // The whole stream, not just its receiver: dropping
+                        // the stream cancels the watch.
+                        let mut w = w;
                         while let Some(resp) = w.responses.recv().await {
                             let mut g = lock(&m);
-                            let now = Instant::from_duration(g.since());
-                            g.checker.on_store_events(now, &resp.events);
+                            let at = g.since();
+                            g.checker
+                                .on_store_events(Instant::from_duration(at), &resp.events);
+                            g.primary_changes(&keys, at, &resp.events);
                         }
                     });
                 }
@@ -696,6 +871,7 @@ async fn run_app(s: &Scenario, faults: &[SimFault], reference: Option<&[u64]>) -
     let results = Results::default();
     let report = crate::regression::Report::default();
     let n = s.nodes();
+    let n_nodes = n;
     let mut joins = Vec::new();
     let mut machines = Vec::new();
     for id in 1..=n {
@@ -763,135 +939,114 @@ async fn run_app(s: &Scenario, faults: &[SimFault], reference: Option<&[u64]>) -
         madsim::time::sleep(Duration::from_millis(20)).await;
     }
     let start = madsim::time::Instant::now();
-    let net = madsim::net::NetSim::current();
-    let machine = |n: u64| {
-        machines
-            .get(usize::try_from(n.saturating_sub(1)).unwrap_or(usize::MAX))
-            .map(|m| m.id())
+    let mut ids: BTreeMap<u64, madsim::task::NodeId> = BTreeMap::new();
+    ids.insert(STORE, store_machine.id());
+    for (i, m) in machines.iter().enumerate() {
+        ids.insert(i as u64 + 1, m.id());
+    }
+    let mut inj = Injector {
+        net: madsim::net::NetSim::current(),
+        handle: handle.clone(),
+        ids,
+        cuts: BTreeMap::new(),
+        delays: Vec::new(),
     };
     let resolve = |t: Target| -> Option<u64> {
         match t {
             Target::Node(n) => Some(n),
-            Target::PrimaryOf(task) => lock(&monitor).primary_of(&keys, task),
+            Target::PrimaryOf(task) => lock(&monitor).primary_of(&keys, task).map(|p| p.0),
         }
     };
     let mut fired: BTreeMap<FaultKind, u64> = BTreeMap::new();
-    let mut heals: Vec<(Duration, String, Heal)> = Vec::new();
-    // A machine is killed before it is restarted, once: a crash of a machine
-    // that is down, or a fault of a node that is down, does not fire.
+    let mut undos: Vec<(Duration, String, Undo)> = Vec::new();
+    // A machine is killed once before it is restarted: a fault of a node
+    // that is down (a crash included) does not fire.
     let mut down_until: BTreeMap<u64, Duration> = BTreeMap::new();
     let mut last_heal = Duration::ZERO;
     for f in faults {
-        heals.sort_by_key(|(t, _, _)| *t);
-        while heals.first().is_some_and(|(t, _, _)| *t <= f.at()) {
-            let (t, what, heal) = heals.remove(0);
+        undos.sort_by_key(|(t, _, _)| *t);
+        while undos.first().is_some_and(|(t, _, _)| *t <= f.at()) {
+            let (t, what, undo) = undos.remove(0);
             madsim::time::sleep_until(start + t).await;
-            heal();
+            inj.undo(undo);
             lock(&monitor).fault(what);
             last_heal = last_heal.max(t);
         }
         madsim::time::sleep_until(start + f.at()).await;
         let at = f.at();
-        let is_down = |n: u64, d: &BTreeMap<u64, Duration>| d.get(&n).is_some_and(|u| at <= *u);
-        let done: Option<(String, Duration, Heal)> = match f.clone() {
-            SimFault::Crash { target, down, .. } => match resolve(target) {
-                Some(node) if !is_down(node, &down_until) => machine(node).map(|id| {
-                    handle.kill(id);
+        let up = |n: u64| n >= 1 && n <= n_nodes && down_until.get(&n).map_or(true, |u| at > *u);
+        let done: Option<(String, Duration, Undo)> = match f.clone() {
+            SimFault::Crash { target, down, .. } => {
+                resolve(target).filter(|n| up(*n)).map(|node| {
+                    inj.kill(node);
                     down_until.insert(node, at + down);
                     let m = &mut *lock(&monitor);
-                    m.checker
-                        .on_crash(Instant::from_duration(m.since()), NodeId(node));
-                    let h = handle.clone();
-                    (
-                        format!("crash node {node}"),
-                        down,
-                        Box::new(move || h.restart(id)) as Heal,
-                    )
-                }),
-                _ => None,
-            },
-            SimFault::Partition { target, dur, .. } => resolve(target).and_then(|node| {
-                let id = machine(node)?;
-                net.clog_node(id);
-                let n2 = net.clone();
-                Some((
-                    format!("partition node {node}"),
-                    dur,
-                    Box::new(move || n2.unclog_node(id)) as Heal,
-                ))
-            }),
-            SimFault::Pause { task, dur, .. } => {
-                resolve(Target::PrimaryOf(task)).and_then(|node| {
-                    let id = machine(node)?;
-                    net.clog_node(id);
-                    let n2 = net.clone();
-                    Some((
-                        format!("pause node {node} (primary of task {task})"),
-                        dur,
-                        Box::new(move || n2.unclog_node(id)) as Heal,
-                    ))
+                    let now = Instant::from_duration(m.since());
+                    m.checker.on_crash(now, NodeId(node));
+                    m.acting.remove(&NodeId(node));
+                    (format!("crash node {node}"), down, Undo::Restart(node))
                 })
             }
-            SimFault::OneWay { from, to, dur, .. } => match (resolve(from), machine(to)) {
-                (Some(a_node), Some(b)) if a_node != to => machine(a_node).map(|a| {
-                    net.clog_link(a, b);
-                    let n2 = net.clone();
+            SimFault::Partition { target, dur, .. } => {
+                resolve(target).filter(|n| up(*n)).map(|node| {
+                    let cut = vec![Cut::Node(node)];
+                    inj.cut(&cut);
+                    (format!("partition node {node}"), dur, Undo::Uncut(cut))
+                })
+            }
+            SimFault::Pause { task, dur, .. } => resolve(Target::PrimaryOf(task))
+                .filter(|n| up(*n))
+                .map(|node| {
+                    let cut = vec![Cut::Node(node)];
+                    inj.cut(&cut);
                     (
-                        format!("cut link {a_node} -> {to}"),
+                        format!("pause node {node} (primary of task {task})"),
                         dur,
-                        Box::new(move || n2.unclog_link(a, b)) as Heal,
+                        Undo::Uncut(cut),
                     )
                 }),
-                _ => None,
-            },
-            SimFault::StoreCut { target, dur, .. } => resolve(target).and_then(|node| {
-                let id = machine(node)?;
-                let st = store_machine.id();
-                net.clog_link(id, st);
-                net.clog_link(st, id);
-                let n2 = net.clone();
-                Some((
-                    format!("cut node {node} from the store"),
-                    dur,
-                    Box::new(move || {
-                        n2.unclog_link(id, st);
-                        n2.unclog_link(st, id);
-                    }) as Heal,
-                ))
-            }),
+            SimFault::OneWay { from, to, dur, .. } => resolve(from)
+                .filter(|a| up(*a) && up(to) && *a != to)
+                .map(|a| {
+                    let cut = vec![Cut::Link(a, to)];
+                    inj.cut(&cut);
+                    (format!("cut link {a} -> {to}"), dur, Undo::Uncut(cut))
+                }),
+            SimFault::StoreCut { target, dur, .. } => {
+                resolve(target).filter(|n| up(*n)).map(|node| {
+                    let cut = vec![Cut::Link(node, STORE), Cut::Link(STORE, node)];
+                    inj.cut(&cut);
+                    (
+                        format!("cut node {node} from the store"),
+                        dur,
+                        Undo::Uncut(cut),
+                    )
+                })
+            }
             SimFault::StoreOutage { dur, .. } => {
-                let id = store_machine.id();
-                net.clog_node(id);
-                let n2 = net.clone();
-                Some((
-                    "store outage".to_string(),
-                    dur,
-                    Box::new(move || n2.unclog_node(id)) as Heal,
-                ))
+                let cut = vec![Cut::Node(STORE)];
+                inj.cut(&cut);
+                Some(("store outage".to_string(), dur, Undo::Uncut(cut)))
             }
             SimFault::Delay { dur, latency, .. } => {
-                let lo = Duration::from_millis(1);
-                net.update_config(|c| c.send_latency = lo..latency.max(lo * 2));
-                let n2 = net.clone();
+                inj.delay(latency);
                 Some((
                     format!("messages delayed up to {latency:?}"),
                     dur,
-                    Box::new(move || {
-                        n2.update_config(|c| *c = madsim::net::Config::default());
-                    }) as Heal,
+                    Undo::Undelay(latency),
                 ))
             }
         };
-        if let Some((what, dur, heal)) = done {
+        if let Some((what, dur, undo)) = done {
             *fired.entry(f.kind()).or_default() += 1;
             lock(&monitor).fault(format!("{what} for {dur:?}"));
-            heals.push((at + dur, format!("heal: {what}"), heal));
+            undos.push((at + dur, format!("heal: {what}"), undo));
         }
     }
-    heals.sort_by_key(|(t, _, _)| *t);
-    for (t, what, heal) in heals {
+    undos.sort_by_key(|(t, _, _)| *t);
+    for (t, what, undo) in undos {
         madsim::time::sleep_until(start + t).await;
-        heal();
+        inj.undo(undo);
         lock(&monitor).fault(what);
         last_heal = last_heal.max(t);
     }
@@ -936,6 +1091,8 @@ async fn run_app(s: &Scenario, faults: &[SimFault], reference: Option<&[u64]>) -
             (Some(w), Some(r)) if w.as_slice() != r => app_failures.push(format!(
                 "regression: final weights {w:x?} differ from the fault-free run's {r:x?}"
             )),
+            (Some(_), None) if s.faults > 0 => app_failures
+                .push("regression: the fault-free run gave no weights to compare with".to_string()),
             _ => {}
         }
     }
@@ -952,6 +1109,7 @@ async fn run_app(s: &Scenario, faults: &[SimFault], reference: Option<&[u64]>) -
         fired,
         violations: m.checker.violations().to_vec(),
         recovery,
+        vacancies: std::mem::take(&mut m.vacancies),
         weights,
         app_failures,
         lost_model,
@@ -963,8 +1121,9 @@ async fn run_app(s: &Scenario, faults: &[SimFault], reference: Option<&[u64]>) -
 /// alternate, epochs once and in order, meta/data/serve at most once and
 /// within their epoch, no delivery from a fenced incarnation, replica
 /// order). Returns every violation.
-pub fn check_log(tasks: u32, log: &[(Duration, NodeId, Event)]) -> Vec<Violation> {
-    let topo = Arc::new(TreeTopology::new(2, tasks).expect("tree"));
+pub fn check_log(s: &Scenario, log: &[(Duration, NodeId, Event)]) -> Vec<Violation> {
+    let tasks = s.tasks;
+    let topo = Arc::new(TreeTopology::new(s.fanout, tasks).expect("a valid scenario"));
     let mut checker = Checker::new(JOB, tasks, topo);
     let mut sessions: BTreeMap<NodeId, SessionId> = BTreeMap::new();
     let mut last = Instant::ZERO;

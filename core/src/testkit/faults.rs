@@ -311,8 +311,13 @@ pub fn run_schedule(cfg: &ScheduleConfig, schedule: &Schedule) -> ScheduleOutcom
                 // flight (waiting up to a second for it to send) and hold
                 // them until around the time its successor takes over: stale
                 // messages that fencing must drop (S3).
-                if target_rng.chance(0.5) {
-                    let until = cluster.now() + Duration::from_secs(1);
+                if target_rng.chance(0.5) && cluster.is_up(node) {
+                    // Not past a pending restart or heal (those are applied
+                    // at the next fault's time).
+                    let mut until = cluster.now() + Duration::from_secs(1);
+                    if let Some(next) = later.iter().map(|(at, _)| *at).min() {
+                        until = until.min(next);
+                    }
                     let sending = cluster.run_until_pred(until, |c| c.in_flight_from(node) > 0);
                     if sending {
                         let hold =
