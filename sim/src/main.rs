@@ -438,8 +438,8 @@ mod sim {
         println!("events checked: {events}; replays checked for the same trace hash: {replays}");
         if lost_model > 0 {
             println!(
-                "runs whose regression lost its model (task 0 and its standby down together; \
-                 the job fails, as it must): {lost_model}"
+                "runs whose regression lost its model (task 0's new primary had no copy of \
+                 it; the application then fails the job): {lost_model}"
             );
         }
         println!(
@@ -497,6 +497,9 @@ mod sim {
             },
             out.elapsed
         );
+        if out.lost_model {
+            println!("the regression lost its model: task 0's new primary had no copy of it, and the job failed");
+        }
         println!("trace hash: {:032x}", out.trace_hash);
         let f = out.failures(&s);
         if f.is_empty() {
