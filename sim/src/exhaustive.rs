@@ -38,6 +38,10 @@ pub struct Bounds {
     pub partition_for: Duration,
     /// The job must have finished by this time.
     pub deadline: Duration,
+    /// A deliberately broken behaviour switched on in every node (only in
+    /// `--cfg madsim` builds).
+    #[cfg(madsim)]
+    pub canary: Option<taskgraph_core::Canary>,
 }
 
 impl Default for Bounds {
@@ -57,6 +61,8 @@ impl Default for Bounds {
             restart_after: Duration::from_secs(1),
             partition_for: Duration::from_secs(3),
             deadline: Duration::from_secs(120),
+            #[cfg(madsim)]
+            canary: None,
         }
     }
 }
@@ -139,7 +145,12 @@ pub struct PlacementRun {
 
 /// Runs tree_sum under one placement, seeded `seed`.
 pub fn run_placement(b: &Bounds, placement: &Placement, seed: u64) -> PlacementRun {
-    let cfg = ClusterConfig::new(seed, b.tasks, b.standbys, b.spares);
+    #[cfg_attr(not(madsim), allow(unused_mut))]
+    let mut cfg = ClusterConfig::new(seed, b.tasks, b.standbys, b.spares);
+    #[cfg(madsim)]
+    {
+        cfg.canary = b.canary;
+    }
     run_placement_with(b, cfg, placement)
 }
 

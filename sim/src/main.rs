@@ -21,7 +21,8 @@ Commands:
               --partitions P (1) node partitions at --boundaries B (8) step
               boundaries --stride K steps apart (default: spread over the
               fault-free run), on the core harness;
-              tree of --tasks (3) with --standbys (1), --spares (1), --epochs (3)
+              tree of --tasks (3) with --standbys (1), --spares (1), --epochs (3);
+              --canary NAME as below
   help        Print this message
 
 Scenario options (sweep, replay):
@@ -175,6 +176,7 @@ fn exhaustive_cmd(args: &Args) -> Result<bool, Usage> {
         "crashes",
         "partitions",
         "seed",
+        "canary",
     ])?;
     let d = Bounds::default();
     let b = Bounds {
@@ -188,6 +190,23 @@ fn exhaustive_cmd(args: &Args) -> Result<bool, Usage> {
         max_partitions: args.num("partitions", d.max_partitions)?,
         ..d
     };
+    #[cfg(madsim)]
+    let b = Bounds {
+        canary: match args.get("canary") {
+            None => None,
+            Some(c) => Some(
+                taskgraph_core::Canary::from_name(c)
+                    .ok_or_else(|| Usage(format!("unknown canary {c:?}")))?,
+            ),
+        },
+        ..b
+    };
+    #[cfg(not(madsim))]
+    if args.get("canary").is_some() {
+        return Err(Usage(
+            "canaries exist only in --cfg madsim builds (`cargo xtask sim exhaustive …`)".into(),
+        ));
+    }
     if b.tasks == 0 || b.epochs == 0 {
         return Err(Usage("--tasks and --epochs must be at least 1".into()));
     }

@@ -81,3 +81,34 @@ fn the_harness_catches_a_fenced_incarnation_accepted() {
     );
     assert!(first.contains("S3"), "{first}");
 }
+
+#[test]
+fn the_exhaustive_mode_catches_two_canaries() {
+    use taskgraph_sim::exhaustive::{explore, Bounds};
+    // Runs of 3 tasks and 3 epochs end about 80 ms after a failover: too
+    // soon for a missing restart to show (S5 allows 10 s), and too soon for
+    // a stale message; a skipped step-down and a doubled death do show.
+    for (canary, tag) in [
+        (Canary::SkipStepDown, "S3"),
+        (Canary::NeighbourDiedTwice, "S4"),
+    ] {
+        let b = Bounds {
+            boundaries: 4,
+            max_crashes: 1,
+            max_partitions: 1,
+            canary: Some(canary),
+            ..Bounds::default()
+        };
+        let e = explore(&b, 0, |_, _| {});
+        let caught = e
+            .failures
+            .iter()
+            .filter(|(_, v)| v.what.starts_with(tag))
+            .count();
+        println!(
+            "exhaustive, canary {canary}: {caught} of {} placements fail with {tag}",
+            e.placements
+        );
+        assert!(caught > 0, "{canary} not caught: {:?}", e.failures.first());
+    }
+}
