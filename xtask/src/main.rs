@@ -21,6 +21,10 @@ Commands:
           directory target/madsim-release) and run it: `cargo xtask sim
           sweep --seeds 1000`, `cargo xtask sim replay --seed 7 --trace
           t.jsonl`, `cargo xtask sim exhaustive` (`cargo xtask sim help`)
+  bench   Build the benchmarks (release) and run them, each printing a table
+          against its baseline: `cargo xtask bench all`, `cargo xtask bench
+          epochs --tasks 63` (`cargo xtask bench help`); results and commands
+          are kept in BENCHMARKS.md
   help    Print this message";
 
 /// One step of a command: a program and its arguments, run from the
@@ -177,6 +181,7 @@ fn main() -> ExitCode {
             ensure_debian_packages(REQUIRED_PACKAGES).and_then(|()| run_steps(TEST_STEPS))
         }
         Some("sim") => run_sim(&args[1..]),
+        Some("bench") => run_bench(&args[1..]),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             Ok(())
@@ -228,6 +233,24 @@ fn run_sim(args: &[String]) -> Result<(), Failure> {
         Some(0) => Ok(()),
         code => Err(Failure {
             message: format!("the simulator exited with {status}"),
+            code: code.and_then(|c| u8::try_from(c).ok()).unwrap_or(1),
+        }),
+    }
+}
+
+/// `cargo xtask bench ARGS`: runs the `taskgraph-bench` binary in release
+/// mode.
+fn run_bench(args: &[String]) -> Result<(), Failure> {
+    let status = Command::new(cargo())
+        .args(["run", "--release", "--quiet", "-p", "taskgraph-bench", "--"])
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|err| Failure::new(format!("could not run the benchmarks: {err}")))?;
+    match status.code() {
+        Some(0) => Ok(()),
+        code => Err(Failure {
+            message: format!("the benchmarks exited with {status}"),
             code: code.and_then(|c| u8::try_from(c).ok()).unwrap_or(1),
         }),
     }

@@ -1,0 +1,270 @@
+//! Epoch rate: a tree aggregation on taskgraph against the same rounds over
+//! plain TCP.
+
+use crate::{cluster, median, Args, Failure};
+use bytes::Bytes;
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use taskgraph_core::{Context, Epoch, Task, TaskBuilder, TaskId, Topology, TreeTopology};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Shape of one measurement.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    tasks: u32,
+    fanout: u32,
+    standbys: u32,
+    epochs: u64,
+    meta: usize,
+}
+
+/// Every task flags its parent with `meta` once all its children have
+/// flagged it in this epoch (leaves at once); the root then advances the
+/// epoch, and ends the job after `last`.
+struct Agg {
+    meta: Bytes,
+    last: u64,
+    pending: BTreeSet<TaskId>,
+    /// When the root saw each epoch begin, and the store's counts then.
+    marks: Marks,
+    counts: Arc<cluster::OpCounts>,
+}
+
+type Marks = Arc<Mutex<Vec<(Instant, (u64, u64, u64))>>>;
+
+impl Agg {
+    fn up(&mut self, ctx: &mut Context) {
+        if ctx.task() == TaskId(0) {
+            ctx.advance_epoch();
+        } else {
+            ctx.flag_meta_to_parents(self.meta.clone());
+        }
+    }
+}
+
+impl Task for Agg {
+    fn epoch_changed(&mut self, ctx: &mut Context, epoch: Epoch) {
+        if !ctx.is_primary() {
+            return;
+        }
+        if ctx.task() == TaskId(0) {
+            if let Ok(mut m) = self.marks.lock() {
+                m.push((Instant::now(), self.counts.snapshot()));
+            }
+            if epoch.0 >= self.last {
+                ctx.exit_job("done");
+                return;
+            }
+        }
+        self.pending = ctx.children().iter().copied().collect();
+        if self.pending.is_empty() {
+            self.up(ctx);
+        }
+    }
+
+    fn child_meta_ready(&mut self, ctx: &mut Context, child: TaskId, _meta: Bytes) {
+        if self.pending.remove(&child) && self.pending.is_empty() {
+            self.up(ctx);
+        }
+    }
+}
+
+struct AggBuilder {
+    meta: Bytes,
+    last: u64,
+    marks: Marks,
+    counts: Arc<cluster::OpCounts>,
+}
+
+impl TaskBuilder for AggBuilder {
+    fn build(&mut self, _task: TaskId) -> Box<dyn Task> {
+        Box::new(Agg {
+            meta: self.meta.clone(),
+            last: self.last,
+            pending: BTreeSet::new(),
+            marks: self.marks.clone(),
+            counts: self.counts.clone(),
+        })
+    }
+}
+
+/// One taskgraph run: epochs per second and store writes per epoch over
+/// the epochs after the first tenth (the tail of the setup, standbys still
+/// claiming, is not steady state), and lease keep-alives per second over
+/// the whole run.
+async fn taskgraph_run(s: Shape, run: u64) -> Result<(f64, f64, f64), Failure> {
+    let marks: Marks = Arc::new(Mutex::new(Vec::new()));
+    let counts = Arc::new(cluster::OpCounts::default());
+    let meta = Bytes::from(vec![7u8; s.meta]);
+    let (m, c) = (marks.clone(), counts.clone());
+    let began = Instant::now();
+    let job = cluster::start(
+        &format!("epochs-{run}"),
+        s.tasks,
+        s.fanout,
+        s.standbys,
+        counts,
+        move || {
+            Box::new(AggBuilder {
+                meta: meta.clone(),
+                last: s.epochs,
+                marks: m.clone(),
+                counts: c.clone(),
+            })
+        },
+    )
+    .await
+    .map_err(Failure::Run)?;
+    let counts = job.counts.clone();
+    job.join(Duration::from_secs(300))
+        .await
+        .map_err(Failure::Run)?;
+    // Keep-alives go by time, not by epoch: over the whole run.
+    let keepalives = counts.snapshot().1 as f64 / began.elapsed().as_secs_f64().max(1e-9);
+    let m = marks.lock().map(|m| m.clone()).unwrap_or_default();
+    let skip = m.len() / 10;
+    let (Some(first), Some(last)) = (m.get(skip), m.last()) else {
+        return Err(Failure::Run("no epochs seen".into()));
+    };
+    let n = (m.len() - 1 - skip) as f64;
+    if n < 1.0 {
+        return Err(Failure::Run("too few epochs to measure".into()));
+    }
+    let secs = last.0.duration_since(first.0).as_secs_f64().max(1e-9);
+    Ok((
+        n / secs,
+        last.1 .0.saturating_sub(first.1 .0) as f64 / n,
+        keepalives,
+    ))
+}
+
+/// The same rounds over plain TCP: the root sends "go" down the tree, every
+/// task sends `meta` bytes up once its children have; no store, no
+/// failover. Epochs per second.
+async fn raw_run(s: Shape) -> Result<f64, Failure> {
+    let topo = TreeTopology::new(s.fanout, s.tasks).map_err(|e| Failure::Run(e.to_string()))?;
+    let io = |e: std::io::Error| Failure::Run(format!("raw TCP: {e}"));
+    let mut listeners = Vec::new();
+    let mut addrs = Vec::new();
+    for _ in 0..s.tasks {
+        let l = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .await
+            .map_err(io)?;
+        addrs.push(l.local_addr().map_err(io)?);
+        listeners.push(l);
+    }
+    let mut tasks = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let t = TaskId(i as u32);
+        let children = topo.children(t, Epoch(0));
+        let parent = topo.parents(t, Epoch(0)).first().copied();
+        let parent_addr = parent.map(|p| addrs[p.index()]);
+        let (epochs, meta) = (s.epochs, s.meta);
+        tasks.push(tokio::spawn(async move {
+            raw_task(listener, children.len(), parent_addr, epochs, meta).await
+        }));
+    }
+    let started = Instant::now();
+    let mut elapsed = None;
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t
+            .await
+            .map_err(|e| Failure::Run(e.to_string()))?
+            .map_err(io)?;
+        if i == 0 {
+            elapsed = r;
+        }
+    }
+    let d = elapsed.unwrap_or_else(|| started.elapsed());
+    Ok(s.epochs as f64 / d.as_secs_f64().max(1e-9))
+}
+
+/// One task of the raw tree. The root returns the time its rounds took.
+async fn raw_task(
+    listener: TcpListener,
+    n_children: usize,
+    parent: Option<SocketAddr>,
+    epochs: u64,
+    meta: usize,
+) -> std::io::Result<Option<Duration>> {
+    let mut up = match parent {
+        Some(a) => {
+            let s = TcpStream::connect(a).await?;
+            s.set_nodelay(true)?;
+            Some(s)
+        }
+        None => None,
+    };
+    let mut children = Vec::new();
+    for _ in 0..n_children {
+        let (s, _) = listener.accept().await?;
+        s.set_nodelay(true)?;
+        children.push(s);
+    }
+    let payload = vec![7u8; meta];
+    let mut buf = vec![0u8; meta];
+    let started = Instant::now();
+    for e in 1..=epochs {
+        // Down: the root starts the round; others wait for it.
+        let mut go = e.to_le_bytes();
+        if let Some(p) = up.as_mut() {
+            p.read_exact(&mut go).await?;
+        }
+        for c in children.iter_mut() {
+            c.write_all(&go).await?;
+        }
+        // Up: every child's payload, then ours.
+        for c in children.iter_mut() {
+            c.read_exact(&mut buf).await?;
+        }
+        if let Some(p) = up.as_mut() {
+            p.write_all(&payload).await?;
+        }
+    }
+    Ok(parent.is_none().then(|| started.elapsed()))
+}
+
+/// `taskgraph-bench epochs`.
+pub async fn run(args: &Args) -> Result<(), Failure> {
+    args.only(&["tasks", "fanout", "standbys", "epochs", "meta", "runs"])?;
+    let s = Shape {
+        tasks: u32::try_from(args.num("tasks", 15)?).map_err(|e| e.to_string())?,
+        fanout: u32::try_from(args.num("fanout", 2)?).map_err(|e| e.to_string())?,
+        standbys: u32::try_from(args.num("standbys", 1)?).map_err(|e| e.to_string())?,
+        epochs: args.num("epochs", 3000)?,
+        meta: usize::try_from(args.num("meta", 1024)?).map_err(|e| e.to_string())?,
+    };
+    let runs = args.num("runs", 3)?.max(1);
+    if s.tasks == 0 || s.fanout == 0 || s.epochs < 2 {
+        return Err(Failure::Usage(
+            "--tasks and --fanout must be at least 1, --epochs at least 2".into(),
+        ));
+    }
+    println!(
+        "epochs: tree of {} tasks (fanout {}), {} standby each, {} B meta, {} epochs, {runs} runs (median), loopback, embedded store",
+        s.tasks, s.fanout, s.standbys, s.meta, s.epochs
+    );
+    let (mut tg, mut raw, mut writes, mut keepalives) = (vec![], vec![], vec![], vec![]);
+    for run in 0..runs {
+        // Alternate, so that drift in the machine's load hits both alike.
+        let (rate, w, k) = taskgraph_run(s, run).await?;
+        tg.push(rate);
+        writes.push(w);
+        keepalives.push(k);
+        raw.push(raw_run(s).await?);
+    }
+    let (tg, raw) = (median(&mut tg), median(&mut raw));
+    println!("| system | epochs/s | store writes/epoch | lease keep-alives/s |");
+    println!("|---|---|---|---|");
+    println!(
+        "| taskgraph | {tg:.0} | {:.2} | {:.1} |",
+        median(&mut writes),
+        median(&mut keepalives)
+    );
+    println!("| raw tokio TCP tree (no store, no failover) | {raw:.0} | 0 | 0 |");
+    println!("ratio taskgraph / raw TCP: {:.2}", tg / raw.max(1e-9));
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! `taskgraph-bench`: taskgraph measured against a baseline in the same run,
+//! each benchmark printing a table (run through `cargo xtask bench …`, in
+//! release mode).
+//!
+//! - `epochs`: epochs per second of a tree aggregation (every task flags
+//!   its parent with a meta payload once its children have; the root then
+//!   advances the epoch), on loopback with the embedded store, against a
+//!   plain tokio TCP tree doing the same rounds with no fault tolerance;
+//!   and the store writes per epoch.
+//! - `data`: `request_data` throughput of large payloads between two nodes,
+//!   against raw tokio TCP moving the same bytes.
+
+mod cluster;
+mod data;
+mod epochs;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+Usage: taskgraph-bench <BENCH> [OPTIONS]   (through `cargo xtask bench <BENCH> …`)
+
+Benchmarks:
+  epochs   Tree aggregation, epochs per second, vs a raw TCP tree
+             --tasks N (15)  --fanout N (2)  --standbys N (1)  --epochs N (3000)
+             --meta BYTES (1024)  --runs N (3)
+  data     request_data of large payloads between two nodes, vs raw TCP
+             --mib N (4)  --rounds N (50)  --runs N (3)
+  all      Both, with their defaults";
+
+/// `--name value` options.
+pub struct Args(Vec<(String, String)>);
+
+impl Args {
+    fn parse(raw: &[String]) -> Result<Args, String> {
+        let mut v = Vec::new();
+        let mut it = raw.iter();
+        while let Some(f) = it.next() {
+            let name = f
+                .strip_prefix("--")
+                .ok_or_else(|| format!("unexpected argument {f:?}"))?;
+            let value = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
+            v.push((name.to_string(), value.clone()));
+        }
+        Ok(Args(v))
+    }
+
+    /// The number given for `--name`, or `default`; fails on anything but a
+    /// number and on any option not in `known`.
+    pub fn num(&self, name: &str, default: u64) -> Result<u64, String> {
+        match self.0.iter().rev().find(|(n, _)| n == name) {
+            None => Ok(default),
+            Some((_, v)) => v
+                .parse()
+                .map_err(|_| format!("--{name} {v:?}: not a number")),
+        }
+    }
+
+    /// Fails on any option not in `known`.
+    pub fn only(&self, known: &[&str]) -> Result<(), String> {
+        match self.0.iter().find(|(n, _)| !known.contains(&n.as_str())) {
+            Some((n, _)) => Err(format!("unknown option --{n}")),
+            None => Ok(()),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = raw.first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    if matches!(cmd.as_str(), "help" | "--help" | "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let args = match Args::parse(&raw[1..]) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("taskgraph-bench: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("taskgraph-bench: no tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cmd.as_str() {
+            "epochs" => epochs::run(&args).await,
+            "data" => data::run(&args).await,
+            "all" => match epochs::run(&Args(Vec::new())).await {
+                Ok(()) => data::run(&Args(Vec::new())).await,
+                e => e,
+            },
+            other => Err(Failure::Usage(format!("unknown benchmark {other:?}"))),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(e)) => {
+            eprintln!("taskgraph-bench: {e}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Run(e)) => {
+            eprintln!("taskgraph-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Why a benchmark did not produce its table.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad arguments (exit status 2).
+    Usage(String),
+    /// The run failed (exit status 1).
+    Run(String),
+}
+
+impl From<String> for Failure {
+    fn from(s: String) -> Self {
+        Failure::Usage(s)
+    }
+}
+
+/// The median of `v` (sorted in place); zero for an empty slice.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
