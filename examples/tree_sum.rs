@@ -12,7 +12,9 @@
 //! cargo run --release --example tree_sum
 //! cargo run --release --example tree_sum -- --tasks 31 --kill-every 500 --epochs 20
 //! cargo run --release --features etcd --example tree_sum -- --etcd http://127.0.0.1:2379
-//! # one node per process (run several, same --etcd and --job):
+//! # one node per process (run several, same --etcd and --job); SIGTERM
+//! # stops a node cleanly (it revokes its lease, so a successor takes over
+//! # at once):
 //! cargo run --release --features etcd --example tree_sum -- --node 3 --etcd http://127.0.0.1:2379
 //! ```
 
@@ -222,10 +224,25 @@ async fn single_node(args: &Args, id: u64, store: Arc<dyn Store>) -> ExitCode {
     };
     println!("LISTEN {} {}", id, handle.addr);
     let mut join = handle.join;
+    // SIGTERM stops this node cleanly: it gives up its roles and revokes its
+    // lease (S6), so a successor takes over at once.
+    let mut stop = Some(handle.shutdown);
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot watch for SIGTERM: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut printed = 0;
     let exit = loop {
         tokio::select! {
             r = &mut join => break r,
+            Some(()) = term.recv(), if stop.is_some() => {
+                if let Some(s) = stop.take() {
+                    s.stop();
+                }
+            }
             Some((node, ev)) = rx.recv() => {
                 // Every event, for the harness that runs this process.
                 println!("EVENT {} {} {:?}", unix_ms(), node.0, ev);

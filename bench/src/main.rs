@@ -13,6 +13,7 @@
 mod cluster;
 mod data;
 mod epochs;
+mod failover;
 
 use std::process::ExitCode;
 
@@ -25,7 +26,12 @@ Benchmarks:
              --meta BYTES (1024)  --runs N (3)
   data     request_data of large payloads between two nodes, vs raw TCP
              --mib N (4)  --rounds N (50)  --runs N (3)
-  all      Both, with their defaults";
+  failover SIGKILL / SIGTERM of a primary process on a real etcd (TTL 2 s),
+           vs etcd's own lock handing over after a SIGKILL of its holder
+             --kills N (30)  --stops N (10)  --locks N (30)
+             --tree-sum PATH (the tree_sum example built with --features etcd;
+             default: examples/tree_sum next to this binary)
+  all      Every benchmark, with its defaults";
 
 /// `--name value` options.
 pub struct Args(Vec<(String, String)>);
@@ -55,6 +61,15 @@ impl Args {
         }
     }
 
+    /// The text given for `--name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Fails on any option not in `known`.
     pub fn only(&self, known: &[&str]) -> Result<(), String> {
         match self.0.iter().find(|(n, _)| !known.contains(&n.as_str())) {
@@ -81,6 +96,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cmd == "failover" {
+        return finish(failover::run(&args));
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -103,6 +121,14 @@ fn main() -> ExitCode {
             other => Err(Failure::Usage(format!("unknown benchmark {other:?}"))),
         }
     });
+    let result = match (result, cmd.as_str()) {
+        (Ok(()), "all") => failover::run(&Args(Vec::new())),
+        (r, _) => r,
+    };
+    finish(result)
+}
+
+fn finish(result: Result<(), Failure>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(e)) => {

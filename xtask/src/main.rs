@@ -241,6 +241,26 @@ fn run_sim(args: &[String]) -> Result<(), Failure> {
 /// `cargo xtask bench ARGS`: runs the `taskgraph-bench` binary in release
 /// mode.
 fn run_bench(args: &[String]) -> Result<(), Failure> {
+    if matches!(args.first().map(String::as_str), Some("failover" | "all")) {
+        // The failover benchmark runs tree_sum processes against a real etcd.
+        ensure_debian_packages(REQUIRED_PACKAGES)?;
+        let status = Command::new(cargo())
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "--features",
+                "etcd",
+                "--example",
+                "tree_sum",
+            ])
+            .current_dir(workspace_root())
+            .status()
+            .map_err(|err| Failure::new(format!("could not build tree_sum: {err}")))?;
+        if !status.success() {
+            return Err(Failure::new(format!("building tree_sum failed: {status}")));
+        }
+    }
     let status = Command::new(cargo())
         .args(["run", "--release", "--quiet", "-p", "taskgraph-bench", "--"])
         .args(args)
