@@ -268,3 +268,70 @@ pub async fn run(args: &Args) -> Result<(), Failure> {
     println!("ratio taskgraph / raw TCP: {:.2}", tg / raw.max(1e-9));
     Ok(())
 }
+
+/// This process's resident set size in bytes (Linux), if known.
+fn rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `taskgraph-bench scale`: the aggregation with many tasks in one process
+/// (every node its own TCP listener, one embedded store): epoch time and
+/// memory per task.
+pub async fn scale(args: &Args) -> Result<(), Failure> {
+    args.only(&["epochs", "standbys"])?;
+    let epochs = args.num("epochs", 100)?.max(20);
+    let standbys = u32::try_from(args.num("standbys", 1)?).map_err(|e| e.to_string())?;
+    println!(
+        "scale: tree aggregation (fanout 2, {standbys} standby each, 1 KiB meta), {epochs} epochs, one process, loopback, embedded store"
+    );
+    println!("| tasks | nodes | epochs/s | ms per epoch | store writes/epoch | peak RSS growth per task |");
+    println!("|---|---|---|---|---|---|");
+    for tasks in [15u32, 255, 1023] {
+        let before = rss().unwrap_or(0);
+        let peak = Arc::new(std::sync::atomic::AtomicU64::new(before));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, st) = (peak.clone(), stop.clone());
+        let sampler = tokio::spawn(async move {
+            while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(r) = rss() {
+                    p.fetch_max(r, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let s = Shape {
+            tasks,
+            fanout: 2,
+            standbys,
+            epochs,
+            meta: 1024,
+        };
+        let r = taskgraph_run(s, u64::from(tasks) + 1000).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = sampler.await;
+        let (rate, writes, _) = match r {
+            Ok(x) => x,
+            Err(Failure::Run(e)) => {
+                println!(
+                    "| {tasks} | {} | did not finish: {e} | | | |",
+                    u64::from(tasks) * u64::from(1 + standbys)
+                );
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let growth = peak
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(before);
+        println!(
+            "| {tasks} | {} | {rate:.0} | {:.2} | {writes:.2} | {:.0} KiB |",
+            u64::from(tasks) * u64::from(1 + standbys),
+            1000.0 / rate.max(1e-9),
+            growth as f64 / 1024.0 / f64::from(tasks)
+        );
+    }
+    Ok(())
+}

@@ -31,7 +31,10 @@ Benchmarks:
              --kills N (30)  --stops N (10)  --locks N (30)
              --tree-sum PATH (the tree_sum example built with --features etcd;
              default: examples/tree_sum next to this binary)
-  all      Every benchmark, with its defaults";
+  scale    The aggregation with 15, 255 and 1,023 tasks in one process:
+           epoch time, store writes, memory per task
+             --epochs N (100)  --standbys N (1)
+  all      Every benchmark but scale, with its defaults";
 
 /// `--name value` options.
 pub struct Args(Vec<(String, String)>);
@@ -114,6 +117,7 @@ fn main() -> ExitCode {
         match cmd.as_str() {
             "epochs" => epochs::run(&args).await,
             "data" => data::run(&args).await,
+            "scale" => epochs::scale(&args).await,
             "all" => match epochs::run(&Args(Vec::new())).await {
                 Ok(()) => data::run(&Args(Vec::new())).await,
                 e => e,

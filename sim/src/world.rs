@@ -151,10 +151,11 @@ impl Scenario {
         if self.epochs == 0 {
             return Err("epochs must be at least 1".into());
         }
-        if self.nodes() > 250 {
+        if self.nodes() + 1 >= MAX_MACHINES {
             return Err(format!(
-                "{} nodes: the simulated network has addresses for 250",
-                self.nodes()
+                "{} nodes: the simulated network has addresses for {}",
+                self.nodes(),
+                MAX_MACHINES - 1
             ));
         }
         if self.ttl < Duration::from_secs(1) || self.ttl.subsec_nanos() != 0 {
@@ -616,13 +617,18 @@ fn lock(m: &Mutex<Monitor>) -> std::sync::MutexGuard<'_, Monitor> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Machines the simulated network has addresses for.
+const MAX_MACHINES: u64 = 65_000;
+
 fn ip(i: u64) -> IpAddr {
-    // Simulated addresses (madsim opens no real socket): TEST-NET-2.
+    // Simulated addresses (madsim opens no real socket), in the range
+    // reserved for benchmarks (198.18.0.0/15).
+    let i = i.min(MAX_MACHINES);
     IpAddr::V4(Ipv4Addr::new(
         198,
-        51,
-        100,
-        u8::try_from(i).unwrap_or(u8::MAX),
+        18,
+        u8::try_from((i >> 8) & 0xff).unwrap_or(0),
+        u8::try_from(i & 0xff).unwrap_or(0),
     ))
 }
 
