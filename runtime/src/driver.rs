@@ -19,6 +19,7 @@ use taskgraph_core::{
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 /// How one node runs: the core's configuration plus the runtime's.
 #[derive(Clone, Debug)]
@@ -161,9 +162,20 @@ pub async fn spawn_node(
         shutdown: rx,
         kill: krx,
     };
-    let join = tokio::spawn(run_on(
-        listener, opts, store, topology, builder, events, controls,
-    ));
+    // Every log line of the node's loop carries the node, and once known its
+    // task, incarnation and epoch. (`instrument`, not `enter`: a span
+    // entered inside an async fn stays entered across its awaits, on
+    // whatever else the worker thread then runs.)
+    let span = tracing::info_span!(
+        "node",
+        node = %id,
+        task = tracing::field::Empty,
+        incarnation = tracing::field::Empty,
+        epoch = tracing::field::Empty
+    );
+    let join = tokio::spawn(
+        run_on(listener, opts, store, topology, builder, events, controls).instrument(span),
+    );
     Ok(NodeHandle {
         id,
         addr,
@@ -276,8 +288,6 @@ async fn run_on(
         exit: None,
         refused: None,
     };
-    let span = tracing::info_span!("node", node = %l.opts.config.node);
-    let _enter = span.enter();
     let (mut stop_requested, mut kill_armed, mut killed) = (false, true, false);
     let result = loop {
         if let Err(p) = l.drain() {
@@ -438,9 +448,15 @@ impl Loop {
                 incarnation,
                 promoted,
             } => {
+                let span = tracing::Span::current();
+                span.record("task", tracing::field::display(task));
+                span.record("incarnation", tracing::field::display(incarnation));
                 tracing::info!(%task, %incarnation, promoted, "became primary")
             }
-            Event::BecameStandby { task } => tracing::info!(%task, "became standby"),
+            Event::BecameStandby { task } => {
+                tracing::Span::current().record("task", tracing::field::display(task));
+                tracing::info!(%task, "became standby")
+            }
             Event::SteppedDown {
                 task,
                 reason: StepDownReason::Stopped,
@@ -458,7 +474,10 @@ impl Loop {
             } => {
                 tracing::info!(%task, %neighbour, "neighbour restarted")
             }
-            Event::EpochChanged { task, epoch } => tracing::debug!(%task, %epoch, "epoch changed"),
+            Event::EpochChanged { task, epoch } => {
+                tracing::Span::current().record("epoch", tracing::field::display(epoch));
+                tracing::debug!(%task, %epoch, "epoch changed")
+            }
             Event::Refused { detail } => {
                 tracing::error!(%detail, "refused to join");
                 self.refused = Some(detail.clone());
