@@ -46,12 +46,14 @@ struct Args {
     seed: u64,
     ttl: u64,
     epoch_ms: u64,
+    metrics_addr: Option<String>,
 }
 
 const USAGE: &str =
     "usage: tree_sum [--tasks N] [--fanout F] [--standbys R] [--spares S] [--epochs E]
                 [--kill-every MS (0: no chaos)] [--etcd URL[,URL...]] [--node ID [--listen ADDR]]
-                [--job NAME] [--seed S] [--ttl SECS] [--epoch-ms MS (pause between epochs)]";
+                [--job NAME] [--seed S] [--ttl SECS] [--epoch-ms MS (pause between epochs)]
+                [--metrics-addr ADDR (serve Prometheus metrics; needs --features prometheus)]";
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
@@ -68,6 +70,7 @@ fn parse() -> Result<Args, String> {
         seed: 1,
         ttl: 2,
         epoch_ms: 300,
+        metrics_addr: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -95,6 +98,7 @@ fn parse() -> Result<Args, String> {
             "--seed" => a.seed = num(&value)?,
             "--ttl" => a.ttl = num(&value)?,
             "--epoch-ms" => a.epoch_ms = num(&value)?,
+            "--metrics-addr" => a.metrics_addr = Some(value),
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
@@ -198,6 +202,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(addr) = &args.metrics_addr {
+        if let Err(e) = serve_metrics(addr) {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let store = match connect_store(&args).await {
         Ok(s) => s,
         Err(e) => {
@@ -209,6 +219,22 @@ async fn main() -> ExitCode {
         Some(id) => single_node(&args, id, store).await,
         None => all_in_one(&args, store).await,
     }
+}
+
+/// Serves this process's metrics for Prometheus at `http://ADDR/metrics`.
+#[cfg(feature = "prometheus")]
+fn serve_metrics(addr: &str) -> Result<(), String> {
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
+    taskgraph::runtime::telemetry::install_prometheus(addr)
+}
+
+#[cfg(not(feature = "prometheus"))]
+fn serve_metrics(_addr: &str) -> Result<(), String> {
+    Err("--metrics-addr needs the Prometheus exporter: \
+         cargo run --release --features prometheus --example tree_sum"
+        .into())
 }
 
 /// One node of a multi-process job: prints what a test harness needs.

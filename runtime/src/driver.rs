@@ -229,6 +229,8 @@ struct Loop {
     events: Option<EventSink>,
     exit: Option<Option<ExitReason>>,
     refused: Option<String>,
+    /// When this node last saw an epoch begin (for the epoch-time metric).
+    last_epoch: Option<tokio::time::Instant>,
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
@@ -287,6 +289,7 @@ async fn run_on(
         events,
         exit: None,
         refused: None,
+        last_epoch: None,
     };
     let (mut stop_requested, mut kill_armed, mut killed) = (false, true, false);
     let result = loop {
@@ -415,10 +418,18 @@ impl Loop {
                         tracing::error!(%to, len = frame.len(), "message over the frame limit dropped");
                         continue;
                     }
+                    let len = frame.len() as u64;
                     let delivered = self
                         .outbound
                         .get(&to)
                         .is_some_and(|o| o.queue.send(frame).is_ok());
+                    if delivered {
+                        let node = self.opts.config.node.to_string();
+                        ::metrics::counter!("taskgraph_messages_sent_total", "node" => node.clone())
+                            .increment(1);
+                        ::metrics::counter!("taskgraph_bytes_sent_total", "node" => node)
+                            .increment(len);
+                    }
                     if !delivered {
                         let generation = self.outbound.get(&to).map_or(0, |o| o.generation);
                         let _ = self
@@ -438,6 +449,29 @@ impl Loop {
     }
 
     fn event(&mut self, ev: Event) {
+        let node = self.opts.config.node.to_string();
+        match &ev {
+            Event::BecamePrimary { promoted, .. } => {
+                let promoted = if *promoted { "true" } else { "false" };
+                ::metrics::counter!("taskgraph_became_primary_total", "node" => node, "promoted" => promoted)
+                    .increment(1);
+            }
+            Event::NeighbourDied { .. } => {
+                ::metrics::counter!("taskgraph_neighbour_died_total", "node" => node).increment(1);
+            }
+            Event::EpochChanged { .. } => {
+                let now = tokio::time::Instant::now();
+                if let Some(last) = self.last_epoch.replace(now) {
+                    ::metrics::histogram!("taskgraph_epoch_seconds", "node" => node)
+                        .record(now.duration_since(last).as_secs_f64());
+                }
+            }
+            Event::MessageDropped { reason, .. } => {
+                ::metrics::counter!("taskgraph_messages_dropped_total", "node" => node, "reason" => format!("{reason:?}"))
+                    .increment(1);
+            }
+            _ => {}
+        }
         match &ev {
             Event::SessionStarted { session } => {
                 let _ = self.session.send(*session);
@@ -562,13 +596,24 @@ impl Loop {
             }
             op => {
                 self.ops.retain(|op| !op.is_finished());
+                let label = crate::telemetry::op_label(&op);
+                let node = self.opts.config.node.to_string();
                 self.ops.push(tokio::spawn(async move {
+                    let started = tokio::time::Instant::now();
                     let r = match tokio::time::timeout(limit, store.execute(op)).await {
                         Ok(r) => r,
                         Err(_) => Err(StoreError::Unavailable(format!(
                             "no answer within {limit:?}"
                         ))),
                     };
+                    ::metrics::counter!("taskgraph_store_ops_total", "node" => node.clone(), "op" => label)
+                        .increment(1);
+                    ::metrics::histogram!("taskgraph_store_op_seconds", "node" => node.clone(), "op" => label)
+                        .record(started.elapsed().as_secs_f64());
+                    if r.is_err() {
+                        ::metrics::counter!("taskgraph_store_op_errors_total", "node" => node, "op" => label)
+                            .increment(1);
+                    }
                     let _ = inputs.send(Input::StoreResult(id, r));
                 }));
             }

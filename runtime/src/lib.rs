@@ -5,6 +5,7 @@
 pub mod clock;
 mod driver;
 pub mod store;
+pub mod telemetry;
 pub mod transport;
 
 pub use driver::{

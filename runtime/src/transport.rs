@@ -228,6 +228,11 @@ async fn serve_inbound(
         match kind {
             MSG => match wire::decode(&body) {
                 Ok(msg) => {
+                    let node = cfg.node.to_string();
+                    ::metrics::counter!("taskgraph_messages_received_total", "node" => node.clone())
+                        .increment(1);
+                    ::metrics::counter!("taskgraph_bytes_received_total", "node" => node)
+                        .increment(u64::from(len) + 4);
                     if events
                         .send(TransportEvent::Message(hello.node, msg))
                         .is_err()
