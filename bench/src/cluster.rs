@@ -36,12 +36,12 @@ impl OpCounts {
 }
 
 /// A store that counts what passes through it.
-pub struct Counting<S> {
-    inner: S,
+pub struct Counting {
+    inner: Arc<dyn Store>,
     counts: Arc<OpCounts>,
 }
 
-impl<S: Store> Store for Counting<S> {
+impl Store for Counting {
     fn execute(&self, op: StoreOp) -> StoreFuture<'_, Result<StoreResponse, StoreError>> {
         let c = match &op {
             StoreOp::Get { .. } => &self.counts.reads,
@@ -98,18 +98,20 @@ impl Job {
 }
 
 /// Starts a job `name` of `tasks` tasks in a tree of `fanout`, `standbys`
-/// standbys per task, on loopback, with an embedded store whose operations
-/// go to `counts`; `builder` makes every node's tasks.
+/// standbys per task, on loopback, with `backend` (default: an embedded
+/// store) whose operations go to `counts`; `builder` makes every node's
+/// tasks.
 pub async fn start(
     name: &str,
     tasks: u32,
     fanout: u32,
     standbys: u32,
     counts: Arc<OpCounts>,
+    backend: Option<Arc<dyn Store>>,
     builder: impl Fn() -> Box<dyn TaskBuilder>,
 ) -> Result<Job, String> {
     let store: Arc<dyn Store> = Arc::new(Counting {
-        inner: MemStoreServer::new(),
+        inner: backend.unwrap_or_else(|| Arc::new(MemStoreServer::new())),
         counts: counts.clone(),
     });
     let topo = Arc::new(TreeTopology::new(fanout, tasks).map_err(|e| e.to_string())?);

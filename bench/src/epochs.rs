@@ -12,13 +12,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Shape of one measurement.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Shape {
     tasks: u32,
     fanout: u32,
     standbys: u32,
     epochs: u64,
     meta: usize,
+    /// etcd endpoint to coordinate through (default: the embedded store).
+    etcd: Option<String>,
 }
 
 /// Every task flags its parent with `meta` once all its children have
@@ -95,22 +97,25 @@ impl TaskBuilder for AggBuilder {
 /// the epochs after the first tenth (the tail of the setup, standbys still
 /// claiming, is not steady state), and lease keep-alives per second over
 /// the whole run.
-async fn taskgraph_run(s: Shape, run: u64) -> Result<(f64, f64, f64), Failure> {
+async fn taskgraph_run(s: &Shape, run: u64) -> Result<(f64, f64, f64), Failure> {
     let marks: Marks = Arc::new(Mutex::new(Vec::new()));
     let counts = Arc::new(cluster::OpCounts::default());
     let meta = Bytes::from(vec![7u8; s.meta]);
     let (m, c) = (marks.clone(), counts.clone());
+    let backend = backend(s).await?;
+    let last = s.epochs;
     let began = Instant::now();
     let job = cluster::start(
-        &format!("epochs-{run}"),
+        &format!("epochs-{run}-{}", std::process::id()),
         s.tasks,
         s.fanout,
         s.standbys,
         counts,
+        backend,
         move || {
             Box::new(AggBuilder {
                 meta: meta.clone(),
-                last: s.epochs,
+                last,
                 marks: m.clone(),
                 counts: c.clone(),
             })
@@ -141,10 +146,38 @@ async fn taskgraph_run(s: Shape, run: u64) -> Result<(f64, f64, f64), Failure> {
     ))
 }
 
+/// The store the job coordinates through: etcd if asked, else the embedded
+/// one (`None`).
+#[cfg(feature = "etcd")]
+async fn backend(s: &Shape) -> Result<Option<Arc<dyn taskgraph_runtime::Store>>, Failure> {
+    match &s.etcd {
+        None => Ok(None),
+        Some(endpoint) => {
+            let store = taskgraph_runtime::EtcdStore::connect(
+                std::slice::from_ref(endpoint),
+                taskgraph_runtime::EtcdOptions::default(),
+            )
+            .await
+            .map_err(|e| Failure::Run(format!("etcd at {endpoint}: {e}")))?;
+            Ok(Some(Arc::new(store)))
+        }
+    }
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn backend(s: &Shape) -> Result<Option<Arc<dyn taskgraph_runtime::Store>>, Failure> {
+    match &s.etcd {
+        None => Ok(None),
+        Some(_) => Err(Failure::Usage(
+            "--store etcd needs the etcd feature (`cargo xtask bench` builds with it)".into(),
+        )),
+    }
+}
+
 /// The same rounds over plain TCP: the root sends "go" down the tree, every
 /// task sends `meta` bytes up once its children have; no store, no
 /// failover. Epochs per second.
-async fn raw_run(s: Shape) -> Result<f64, Failure> {
+async fn raw_run(s: &Shape) -> Result<f64, Failure> {
     let topo = TreeTopology::new(s.fanout, s.tasks).map_err(|e| Failure::Run(e.to_string()))?;
     let io = |e: std::io::Error| Failure::Run(format!("raw TCP: {e}"));
     let mut listeners = Vec::new();
@@ -229,13 +262,27 @@ async fn raw_task(
 
 /// `taskgraph-bench epochs`.
 pub async fn run(args: &Args) -> Result<(), Failure> {
-    args.only(&["tasks", "fanout", "standbys", "epochs", "meta", "runs"])?;
+    args.only(&[
+        "tasks", "fanout", "standbys", "epochs", "meta", "runs", "store",
+    ])?;
+    let store = args.get("store").unwrap_or("embedded");
+    // A real etcd for the job to coordinate through, started here.
+    let etcd = match store {
+        "embedded" => None,
+        "etcd" => Some(tokio::task::block_in_place(crate::failover::Etcd::start)?),
+        other => {
+            return Err(Failure::Usage(format!(
+                "--store {other:?}: embedded or etcd"
+            )))
+        }
+    };
     let s = Shape {
         tasks: u32::try_from(args.num("tasks", 15)?).map_err(|e| e.to_string())?,
         fanout: u32::try_from(args.num("fanout", 2)?).map_err(|e| e.to_string())?,
         standbys: u32::try_from(args.num("standbys", 1)?).map_err(|e| e.to_string())?,
         epochs: args.num("epochs", 3000)?,
         meta: usize::try_from(args.num("meta", 1024)?).map_err(|e| e.to_string())?,
+        etcd: etcd.as_ref().map(|e| e.endpoint.clone()),
     };
     let runs = args.num("runs", 3)?.max(1);
     if s.tasks == 0 || s.fanout == 0 || s.epochs < 2 {
@@ -244,28 +291,39 @@ pub async fn run(args: &Args) -> Result<(), Failure> {
         ));
     }
     println!(
-        "epochs: tree of {} tasks (fanout {}), {} standby each, {} B meta, {} epochs, {runs} runs (median), loopback, embedded store",
-        s.tasks, s.fanout, s.standbys, s.meta, s.epochs
+        "epochs: tree of {} tasks (fanout {}), {} standby each, {} B meta, {} epochs, {runs} runs (median), loopback, {} store",
+        s.tasks,
+        s.fanout,
+        s.standbys,
+        s.meta,
+        s.epochs,
+        if s.etcd.is_some() { "real etcd" } else { "embedded" }
     );
     let (mut tg, mut raw, mut writes, mut keepalives) = (vec![], vec![], vec![], vec![]);
     for run in 0..runs {
         // Alternate, so that drift in the machine's load hits both alike.
-        let (rate, w, k) = taskgraph_run(s, run).await?;
+        let (rate, w, k) = taskgraph_run(&s, run).await?;
         tg.push(rate);
         writes.push(w);
         keepalives.push(k);
-        raw.push(raw_run(s).await?);
+        raw.push(raw_run(&s).await?);
     }
     let (tg, raw) = (median(&mut tg), median(&mut raw));
     println!("| system | epochs/s | store writes/epoch | lease keep-alives/s |");
     println!("|---|---|---|---|");
     println!(
-        "| taskgraph | {tg:.0} | {:.2} | {:.1} |",
+        "| taskgraph ({}) | {tg:.0} | {:.2} | {:.1} |",
+        if s.etcd.is_some() {
+            "etcd"
+        } else {
+            "embedded store"
+        },
         median(&mut writes),
         median(&mut keepalives)
     );
     println!("| raw tokio TCP tree (no store, no failover) | {raw:.0} | 0 | 0 |");
     println!("ratio taskgraph / raw TCP: {:.2}", tg / raw.max(1e-9));
+    drop(etcd);
     Ok(())
 }
 
@@ -308,8 +366,9 @@ pub async fn scale(args: &Args) -> Result<(), Failure> {
             standbys,
             epochs,
             meta: 1024,
+            etcd: None,
         };
-        let r = taskgraph_run(s, u64::from(tasks) + 1000).await;
+        let r = taskgraph_run(&s, u64::from(tasks) + 1000).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = sampler.await;
         let (rate, writes, _) = match r {

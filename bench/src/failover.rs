@@ -82,15 +82,18 @@ impl Drop for Proc {
     }
 }
 
-/// A single-member etcd on loopback with its data in a scratch directory.
-struct Etcd {
-    endpoint: String,
+/// A single-member etcd on loopback with its data in a scratch directory,
+/// killed when dropped.
+pub struct Etcd {
+    /// Its client URL.
+    pub endpoint: String,
     dir: PathBuf,
     _proc: Proc,
 }
 
 impl Etcd {
-    fn start() -> Result<Etcd, Failure> {
+    /// Starts one and waits until it is healthy.
+    pub fn start() -> Result<Etcd, Failure> {
         let (client, peer) = (free_port()?, free_port()?);
         let dir = std::env::temp_dir().join(format!("taskgraph-bench-etcd-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

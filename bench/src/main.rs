@@ -24,6 +24,7 @@ Benchmarks:
   epochs   Tree aggregation, epochs per second, vs a raw TCP tree
              --tasks N (15)  --fanout N (2)  --standbys N (1)  --epochs N (3000)
              --meta BYTES (1024)  --runs N (3)
+             --store embedded|etcd (embedded; etcd: a real etcd started here)
   data     request_data of large payloads between two nodes, vs raw TCP
              --mib N (4)  --rounds N (50)  --runs N (3)
   failover SIGKILL / SIGTERM of a primary process on a real etcd (TTL 2 s),

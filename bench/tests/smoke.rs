@@ -27,7 +27,7 @@ fn epochs_prints_both_systems_and_one_store_write_per_epoch() {
     // of the setup besides.
     let row = out
         .lines()
-        .find(|l| l.starts_with("| taskgraph |"))
+        .find(|l| l.starts_with("| taskgraph ("))
         .unwrap_or_else(|| panic!("no taskgraph row: {out}"));
     let writes: f64 = row
         .split('|')

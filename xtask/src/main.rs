@@ -241,9 +241,11 @@ fn run_sim(args: &[String]) -> Result<(), Failure> {
 /// `cargo xtask bench ARGS`: runs the `taskgraph-bench` binary in release
 /// mode.
 fn run_bench(args: &[String]) -> Result<(), Failure> {
+    // The benchmarks start real etcd servers (failover, `epochs --store
+    // etcd`) and are built with the etcd backend, which needs protoc.
+    ensure_debian_packages(REQUIRED_PACKAGES)?;
     if matches!(args.first().map(String::as_str), Some("failover" | "all")) {
-        // The failover benchmark runs tree_sum processes against a real etcd.
-        ensure_debian_packages(REQUIRED_PACKAGES)?;
+        // The failover benchmark runs tree_sum processes against etcd.
         let status = Command::new(cargo())
             .args([
                 "build",
@@ -262,7 +264,16 @@ fn run_bench(args: &[String]) -> Result<(), Failure> {
         }
     }
     let status = Command::new(cargo())
-        .args(["run", "--release", "--quiet", "-p", "taskgraph-bench", "--"])
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "taskgraph-bench",
+            "--features",
+            "etcd",
+            "--",
+        ])
         .args(args)
         .current_dir(workspace_root())
         .status()
