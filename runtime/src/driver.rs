@@ -596,7 +596,7 @@ impl Loop {
             }
             op => {
                 self.ops.retain(|op| !op.is_finished());
-                let label = crate::telemetry::op_label(&op);
+                let label = op.kind();
                 let node = self.opts.config.node.to_string();
                 self.ops.push(tokio::spawn(async move {
                     let started = tokio::time::Instant::now();

@@ -1,6 +1,6 @@
-//! What a running node reports through the [`metrics`](::metrics) facade. Without a
+//! What a running node reports through the `metrics` facade. Without a
 //! recorder these calls cost next to nothing; with the `prometheus` feature,
-//! [`install_prometheus`] serves them on an HTTP port for Prometheus to
+//! `install_prometheus` serves them on an HTTP port for Prometheus to
 //! scrape (`GET /metrics`).
 //!
 //! Every metric has a `node` label.
@@ -10,29 +10,12 @@
 //! | `taskgraph_became_primary_total` | counter | roles taken as primary; label `promoted` (`true`: a standby took over) |
 //! | `taskgraph_neighbour_died_total` | counter | deaths of neighbours reported to the application |
 //! | `taskgraph_epoch_seconds` | histogram | time between two epochs at this node |
-//! | `taskgraph_store_ops_total` | counter | store operations; label `op` |
+//! | `taskgraph_store_ops_total` | counter | store operations; label `op` (`StoreOp::kind`) |
 //! | `taskgraph_store_op_seconds` | histogram | their latency, including failures; label `op` (`lease_keepalive`: lease renewals) |
 //! | `taskgraph_store_op_errors_total` | counter | store operations that failed; label `op` |
 //! | `taskgraph_messages_sent_total` / `taskgraph_bytes_sent_total` | counter | messages handed to peers' connections, and their frame bytes |
 //! | `taskgraph_messages_received_total` / `taskgraph_bytes_received_total` | counter | messages read from peers, and their frame bytes |
 //! | `taskgraph_messages_dropped_total` | counter | messages the node dropped; label `reason` |
-
-use taskgraph_core::store::StoreOp;
-
-/// The `op` label of a store operation.
-pub(crate) fn op_label(op: &StoreOp) -> &'static str {
-    match op {
-        StoreOp::Get { .. } => "get",
-        StoreOp::Put { .. } => "put",
-        StoreOp::Delete { .. } => "delete",
-        StoreOp::Txn { .. } => "txn",
-        StoreOp::LeaseGrant { .. } => "lease_grant",
-        StoreOp::LeaseKeepAlive { .. } => "lease_keepalive",
-        StoreOp::LeaseRevoke { .. } => "lease_revoke",
-        StoreOp::Watch { .. } => "watch",
-        StoreOp::CancelWatch { .. } => "cancel_watch",
-    }
-}
 
 /// Serves every metric of this process at `http://ADDR/metrics` in
 /// Prometheus's text format. Call it once, inside a tokio runtime, before

@@ -211,31 +211,19 @@ fn main() -> ExitCode {
 /// `cargo xtask sim ARGS`: runs the `taskgraph-sim` binary built with
 /// `--cfg madsim` in release mode, in its own target directory.
 fn run_sim(args: &[String]) -> Result<(), Failure> {
-    let status = Command::new(cargo())
-        .args([
-            "run",
-            "--release",
-            "--quiet",
+    cargo_run(
+        "the simulator",
+        &[
             "-p",
             "taskgraph-sim",
             "--bin",
             "taskgraph-sim",
             "--target-dir",
             "target/madsim-release",
-            "--",
-        ])
-        .args(args)
-        .env("RUSTFLAGS", "--cfg madsim")
-        .current_dir(workspace_root())
-        .status()
-        .map_err(|err| Failure::new(format!("could not run the simulator: {err}")))?;
-    match status.code() {
-        Some(0) => Ok(()),
-        code => Err(Failure {
-            message: format!("the simulator exited with {status}"),
-            code: code.and_then(|c| u8::try_from(c).ok()).unwrap_or(1),
-        }),
-    }
+        ],
+        &[("RUSTFLAGS", "--cfg madsim")],
+        args,
+    )
 }
 
 /// `cargo xtask bench ARGS`: runs the `taskgraph-bench` binary in release
@@ -263,25 +251,35 @@ fn run_bench(args: &[String]) -> Result<(), Failure> {
             return Err(Failure::new(format!("building tree_sum failed: {status}")));
         }
     }
+    cargo_run(
+        "the benchmarks",
+        &["-p", "taskgraph-bench", "--features", "etcd"],
+        &[],
+        args,
+    )
+}
+
+/// `cargo run --release --quiet SELECT -- ARGS` from the workspace root with
+/// `env`; the program's exit code becomes xtask's.
+fn cargo_run(
+    what: &str,
+    select: &[&str],
+    env: &[(&str, &str)],
+    args: &[String],
+) -> Result<(), Failure> {
     let status = Command::new(cargo())
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "taskgraph-bench",
-            "--features",
-            "etcd",
-            "--",
-        ])
+        .args(["run", "--release", "--quiet"])
+        .args(select)
+        .arg("--")
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(workspace_root())
         .status()
-        .map_err(|err| Failure::new(format!("could not run the benchmarks: {err}")))?;
+        .map_err(|err| Failure::new(format!("could not run {what}: {err}")))?;
     match status.code() {
         Some(0) => Ok(()),
         code => Err(Failure {
-            message: format!("the benchmarks exited with {status}"),
+            message: format!("{what} exited with {status}"),
             code: code.and_then(|c| u8::try_from(c).ok()).unwrap_or(1),
         }),
     }
