@@ -232,6 +232,16 @@ fn finish(procs: &mut [Proc], dead: &[Proc], epochs: u64) {
     );
 }
 
+/// Events after `since` (unix ms) in which a node revoked the lease of
+/// `victim`'s session on evidence that its process was gone.
+fn revocations_of(procs: &[Proc], victim: u64, since: u128) -> Vec<(u128, u64, String)> {
+    let needle = format!("PeerGone {{ node: NodeId({victim}),");
+    events(procs)
+        .into_iter()
+        .filter(|(t, _, e)| *t >= since && e.starts_with(&needle))
+        .collect()
+}
+
 /// The time from `killed` (unix ms) to the first `*_restarted` of `task` reported.
 fn failover_ms(procs: &[Proc], task: u32, killed: u128) -> u128 {
     let needle = format!("neighbour: TaskId({task}),");
@@ -279,6 +289,13 @@ fn sigkill_of_primaries_keeps_every_answer_right_and_neighbours_see_died_and_res
         procs[pos].signal("-KILL");
         dead.push(procs.remove(pos));
         figures.push((task, failover_ms(&procs, task, killed)));
+        // The process died but its host answers: a neighbour's reconnect is
+        // refused, and it revokes the dead session's lease (the fast path).
+        let revoked = revocations_of(&procs, victim, killed);
+        assert!(
+            revoked.iter().any(|(_, _, e)| e.contains("evidence: Refused")),
+            "no neighbour revoked the lease of killed node {victim} on a refused connection: {revoked:?}"
+        );
         // The killed node comes back as a new session (it may become a spare).
         procs.push(Proc::spawn(victim, &etcd.endpoints, "kill9", epochs));
         std::thread::sleep(Duration::from_millis(500));
@@ -308,9 +325,21 @@ fn sigstopped_primary_steps_down_and_none_of_its_messages_is_accepted_after_its_
     procs[pos].signal("-STOP");
     let stopped = unix_ms();
     std::thread::sleep(Duration::from_secs(5));
+    let continued = unix_ms();
     procs[pos].signal("-CONT");
     finish(&mut procs, &[], epochs);
     let evs = events(&procs);
+    // A frozen process still has a host that accepts connections, but it
+    // never answers the handshake: like a partition, that is no evidence of
+    // death, and its lease must be left to expire.
+    let revoked: Vec<_> = revocations_of(&procs, victim, stopped)
+        .into_iter()
+        .filter(|(t, _, _)| *t < continued)
+        .collect();
+    assert!(
+        revoked.is_empty(),
+        "a frozen process's lease was revoked as if it were dead: {revoked:?}"
+    );
     let successor = evs
         .iter()
         .find(|(t, n, e)| {

@@ -1,7 +1,9 @@
 //! Failover latency on a real etcd (TTL 2 s): SIGKILL of a primary process
 //! until its neighbours hear of the death, its standby becomes primary, and
 //! the neighbours hear of the restart; SIGTERM (a clean stop, S6) until the
-//! standby becomes primary. Baseline in the same run: etcd's own lock, a
+//! standby becomes primary; SIGSTOP (a frozen process, which like a
+//! partitioned node gives no evidence of death) until the standby becomes
+//! primary. Baseline in the same run: etcd's own lock, a
 //! holder `etcdctl lock --ttl 2` killed with SIGKILL while a second one
 //! waits, until the waiter runs its command.
 
@@ -319,9 +321,10 @@ fn row(name: &str, v: &mut [u128], total: usize) -> String {
 
 /// `taskgraph-bench failover`.
 pub fn run(args: &Args) -> Result<(), Failure> {
-    args.only(&["kills", "stops", "locks", "tree-sum"])?;
+    args.only(&["kills", "stops", "freezes", "locks", "tree-sum"])?;
     let kills = args.num("kills", 30)? as usize;
     let stops = args.num("stops", 10)? as usize;
+    let freezes = args.num("freezes", 10)? as usize;
     let locks = args.num("locks", 30)? as usize;
     let exe = match args.get("tree-sum") {
         Some(p) => PathBuf::from(p),
@@ -340,7 +343,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     }
     let etcd = Etcd::start()?;
     println!(
-        "failover: real etcd 3 on loopback, TTL 2 s; tree of {TASKS} tasks, 1 standby each, 2 spares, one process per node; {kills} SIGKILLs, {stops} SIGTERMs of a primary; {locks} etcdctl lock handovers"
+        "failover: real etcd 3 on loopback, TTL 2 s; tree of {TASKS} tasks, 1 standby each, 2 spares, one process per node; {kills} SIGKILLs, {stops} SIGTERMs, {freezes} SIGSTOPs of a primary; {locks} etcdctl lock handovers"
     );
     // Baseline first, on a quiet etcd.
     let mut lock_ms = Vec::new();
@@ -387,6 +390,16 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         stopped.extend(b);
         std::thread::sleep(Duration::from_millis(1500));
     }
+    // A frozen process: its host still accepts connections but it answers
+    // nothing, like a node behind a partition. No evidence of death: the
+    // standby must wait for the lease.
+    let mut frozen = Vec::new();
+    for k in 0..freezes {
+        let task = (k as u32) % TASKS;
+        let (_, b, _) = failover(&mut job, task, "-STOP")?;
+        frozen.extend(b);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
     println!("| from the signal to | p50 ms | p99 ms | max ms | seen |");
     println!("|---|---|---|---|---|");
     println!("{}", row("SIGKILL: neighbours' *_died", &mut died, kills));
@@ -401,6 +414,14 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     println!(
         "{}",
         row("SIGTERM (clean stop): became_primary", &mut stopped, stops)
+    );
+    println!(
+        "{}",
+        row(
+            "SIGSTOP (frozen, no evidence): became_primary",
+            &mut frozen,
+            freezes
+        )
     );
     println!(
         "{}",

@@ -33,6 +33,10 @@ pub enum Action {
         node: NodeId,
         /// Its address.
         addr: String,
+        /// The peer's session as registered in the store. If the address
+        /// answers as `node` with another session, report
+        /// [`Disconnect::OtherSession`].
+        session: SessionId,
     },
     /// Send `msg` on the connection to `to` (opened by the latest `Connect`).
     /// Messages on one connection must arrive in order or not at all.
@@ -224,6 +228,48 @@ pub enum Event {
         /// What is wrong.
         detail: String,
     },
+    /// A data request was sent again (S14): the target's primary changed or
+    /// the connection to it broke before the reply.
+    RequestResent {
+        /// The target task.
+        to: TaskId,
+        /// The request.
+        id: RequestId,
+    },
+    /// A connection to `node` gave evidence that the process holding
+    /// `session` is gone, so this node revoked that session's lease instead of
+    /// waiting for it to expire (the fast path after a process death).
+    PeerGone {
+        /// The peer.
+        node: NodeId,
+        /// Its session whose lease was revoked.
+        session: SessionId,
+        /// The evidence.
+        evidence: Disconnect,
+    },
+}
+
+/// How a connection to a peer failed or broke, and what that says about the
+/// peer's process. Reported with
+/// [`Node::handle_disconnect`](crate::Node::handle_disconnect).
+///
+/// Only the driver can tell these apart, and it must not guess: a timeout, a
+/// reset or a closed connection is [`Disconnect::Broken`]. A node revokes the
+/// lease of a peer session on [`Disconnect::Refused`] or
+/// [`Disconnect::OtherSession`], so a false report of either would let a
+/// standby take over from a primary that still acts (S3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Disconnect {
+    /// No evidence about the peer's process: a timeout, a reset, a closed or
+    /// silent connection, a handshake that failed. The peer may be alive
+    /// behind a partition; failover waits for its lease to expire.
+    Broken,
+    /// The peer's host answered that nothing listens at the registered
+    /// address (`ECONNREFUSED`): the process that registered it is gone.
+    Refused,
+    /// The address answered as the same node with another session: the
+    /// session that was connected to has ended.
+    OtherSession(SessionId),
 }
 
 /// Why a message was dropped.

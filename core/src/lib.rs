@@ -110,7 +110,7 @@ pub mod task;
 pub mod testkit;
 pub mod wire;
 
-pub use action::{Action, DropReason, Event, OpId, StepDownReason};
+pub use action::{Action, Disconnect, DropReason, Event, OpId, StepDownReason};
 pub use canary::Canary;
 pub use config::{ConfigError, JobSpec, NodeConfig, PROTOCOL_VERSION};
 pub use node::{Node, NodeError, NodeStats, Role};

@@ -349,6 +349,124 @@ fn s6_clean_stop_revokes_the_lease_and_fails_over_at_once() {
     no_violations(&mut c);
 }
 
+/// A job in which t1 flags meta to its parent t0 at epoch 0, so t1's
+/// primary holds a connection to t0's primary.
+fn child_talks_to_parent() -> (Cluster, Log) {
+    let react: React = Arc::new(|_, call, ctx| {
+        if *call == Call::EpochChanged(Epoch(0)) && ctx.task() == T1 {
+            ctx.flag_meta_to_parents(meta("up"));
+        }
+    });
+    cluster(2, 1, 0, react)
+}
+
+/// When `task` got a primary other than `old`, after `since`.
+fn promoted_after(c: &Cluster, task: TaskId, old: NodeId, since: Instant) -> Option<Instant> {
+    c.events()
+        .iter()
+        .find(|(t, node, e)| {
+            *t >= since
+                && *node != old
+                && matches!(e, Event::BecamePrimary { task: x, .. } if *x == task)
+        })
+        .map(|(t, _, _)| *t)
+}
+
+fn peers_gone(c: &Cluster) -> Vec<(NodeId, NodeId, Disconnect)> {
+    c.events()
+        .iter()
+        .filter_map(|(_, by, e)| match e {
+            Event::PeerGone { node, evidence, .. } => Some((*by, *node, *evidence)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn s6_process_death_seen_as_a_refused_connection_fails_over_without_waiting_for_the_ttl() {
+    let (mut c, log) = child_talks_to_parent();
+    c.run_until(at(1000));
+    let old = primary(&c, T0);
+    let child = primary(&c, T1);
+    c.crash(old);
+    let crashed = c.now();
+    c.run_until(at(5000));
+    let promoted = promoted_after(&c, T0, old, crashed).expect("a standby took over");
+    let took = promoted.saturating_duration_since(crashed);
+    assert!(
+        took < Duration::from_millis(200),
+        "failover after a process death took {took:?}; the TTL is 2 s"
+    );
+    assert_eq!(
+        peers_gone(&c),
+        vec![(child, old, Disconnect::Refused)],
+        "the child revoked the dead primary's lease, once"
+    );
+    assert_eq!(
+        after_start(&log, child)
+            .into_iter()
+            .filter(|x| matches!(x, Call::ParentDied(_) | Call::ParentRestarted(_)))
+            .collect::<Vec<_>>(),
+        vec![Call::ParentDied(T0), Call::ParentRestarted(T0)]
+    );
+    no_violations(&mut c);
+}
+
+#[test]
+fn s6_partitioned_primary_is_not_revoked_and_failover_waits_for_its_lease() {
+    let (mut c, _log) = child_talks_to_parent();
+    c.run_until(at(1000));
+    let old = primary(&c, T0);
+    c.partition_node(old);
+    c.cut_store(old);
+    let cut = c.now();
+    c.run_until(at(6000));
+    assert_eq!(
+        peers_gone(&c),
+        vec![],
+        "a partition is no evidence of death"
+    );
+    let promoted = promoted_after(&c, T0, old, cut).expect("a standby took over");
+    let took = promoted.saturating_duration_since(cut);
+    // Its lease was renewed at most one renew interval before the cut, and
+    // lasts a TTL from there.
+    let cfg = c.node(old).map(|x| x.config().clone()).expect("node is up");
+    assert!(
+        took >= cfg.ttl - cfg.renew_interval,
+        "a partitioned primary was replaced after {took:?}, before its lease could expire"
+    );
+    no_violations(&mut c);
+}
+
+#[test]
+fn s6_a_restarted_process_answering_with_a_new_session_ends_the_old_one() {
+    let (mut c, _log) = child_talks_to_parent();
+    c.run_until(at(1000));
+    let old = primary(&c, T0);
+    let old_session = c.node(old).map(Node::session).expect("up");
+    // The process dies and is back at once, before anyone saw a refusal.
+    c.crash(old);
+    c.restart(old);
+    let crashed = c.now();
+    c.run_until(at(5000));
+    // The new process finds its predecessor's record at its own address
+    // when it registers, and ends that session itself.
+    let gone = peers_gone(&c);
+    assert_eq!(gone.len(), 1, "one revocation: {gone:?}");
+    assert_eq!((gone[0].0, gone[0].1), (old, old));
+    assert!(
+        matches!(gone[0].2, Disconnect::OtherSession(s) if s != old_session),
+        "the evidence is the new session: {gone:?}"
+    );
+    let promoted = promoted_after(&c, T0, old, crashed).expect("a standby took over");
+    assert!(
+        promoted.saturating_duration_since(crashed) < Duration::from_millis(200),
+        "failover took {:?}",
+        promoted.saturating_duration_since(crashed)
+    );
+    no_violations(&mut c);
+}
+
 #[test]
 fn s7_too_many_failures_end_the_job_naming_the_task() {
     let mut cfg = ClusterConfig::new(3, 2, 0, 3);
@@ -672,6 +790,23 @@ fn s14_request_follows_failover_and_is_answered_once() {
         (serves(n(1)), serves(n(3))),
         (1, 1),
         "served once per server incarnation"
+    );
+    let resent: Vec<&Event> = c
+        .events()
+        .iter()
+        .filter(|(_, node, e)| *node == requester && matches!(e, Event::RequestResent { .. }))
+        .map(|(_, _, e)| e)
+        .collect();
+    assert!(
+        !resent.is_empty()
+            && resent.iter().all(|e| matches!(
+                e,
+                Event::RequestResent {
+                    to: T0,
+                    id: RequestId(0)
+                }
+            )),
+        "the resend is reported for the metrics: {resent:?}"
     );
     no_violations(&mut c);
 }

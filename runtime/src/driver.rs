@@ -13,7 +13,7 @@ use std::time::Duration;
 use taskgraph_core::action::OpId;
 use taskgraph_core::store::{StoreError, StoreOp, StoreResponse, WatchResponse};
 use taskgraph_core::{
-    wire, Action, Event, ExitReason, Node, NodeConfig, NodeError, NodeId, SessionId,
+    wire, Action, Disconnect, Event, ExitReason, Node, NodeConfig, NodeError, NodeId, SessionId,
     StepDownReason, TaskBuilder, Topology,
 };
 use tokio::net::TcpListener;
@@ -390,14 +390,14 @@ impl Loop {
             Input::Transport(TransportEvent::Message(from, msg)) => {
                 self.guard(|n| n.handle_message(clock::now(), from, msg))
             }
-            Input::Transport(TransportEvent::Disconnected(peer, generation)) => {
+            Input::Transport(TransportEvent::Disconnected(peer, generation, how)) => {
                 if self
                     .outbound
                     .get(&peer)
                     .is_some_and(|o| o.generation == generation)
                 {
                     self.outbound.remove(&peer);
-                    self.guard(|n| n.handle_disconnect(clock::now(), peer))
+                    self.guard(|n| n.handle_disconnect(clock::now(), peer, how))
                 } else {
                     Ok(())
                 }
@@ -410,7 +410,15 @@ impl Loop {
         while let Some(action) = self.node.poll_action() {
             match action {
                 Action::Store { id, op } => self.store_op(id, op),
-                Action::Connect { node, addr } => self.connect(node, addr),
+                Action::Connect {
+                    node,
+                    addr,
+                    session,
+                } => self.connect(transport::OutboundTarget {
+                    peer: node,
+                    addr,
+                    session,
+                }),
                 Action::Send { to, msg } => {
                     let frame = transport::message_frame(&msg);
                     if frame.len() > wire::MAX_FRAME_LEN {
@@ -432,9 +440,11 @@ impl Loop {
                     }
                     if !delivered {
                         let generation = self.outbound.get(&to).map_or(0, |o| o.generation);
-                        let _ = self
-                            .transport
-                            .send(TransportEvent::Disconnected(to, generation));
+                        let _ = self.transport.send(TransportEvent::Disconnected(
+                            to,
+                            generation,
+                            Disconnect::Broken,
+                        ));
                     }
                 }
                 Action::Close { node } => {
@@ -465,6 +475,12 @@ impl Loop {
                     ::metrics::histogram!("taskgraph_epoch_seconds", "node" => node)
                         .record(now.duration_since(last).as_secs_f64());
                 }
+            }
+            Event::RequestResent { .. } => {
+                ::metrics::counter!("taskgraph_request_retries_total", "node" => node).increment(1);
+            }
+            Event::PeerGone { .. } => {
+                ::metrics::counter!("taskgraph_peers_revoked_total", "node" => node).increment(1);
             }
             Event::MessageDropped { reason, .. } => {
                 ::metrics::counter!("taskgraph_messages_dropped_total", "node" => node, "reason" => format!("{reason:?}"))
@@ -512,6 +528,14 @@ impl Loop {
                 tracing::Span::current().record("epoch", tracing::field::display(epoch));
                 tracing::debug!(%task, %epoch, "epoch changed")
             }
+            Event::PeerGone {
+                node,
+                session,
+                evidence,
+            } => {
+                tracing::info!(peer = %node, %session, ?evidence, "peer process gone: revoked its lease")
+            }
+            Event::RequestResent { to, id } => tracing::debug!(%to, ?id, "request sent again"),
             Event::Refused { detail } => {
                 tracing::error!(%detail, "refused to join");
                 self.refused = Some(detail.clone());
@@ -620,7 +644,8 @@ impl Loop {
         }
     }
 
-    fn connect(&mut self, peer: NodeId, addr: String) {
+    fn connect(&mut self, target: transport::OutboundTarget) {
+        let peer = target.peer;
         if let Some(o) = self.outbound.remove(&peer) {
             o.task.abort();
         }
@@ -629,8 +654,7 @@ impl Loop {
         let task = tokio::spawn(transport::run_outbound(
             self.tcfg.clone(),
             self.node.session(),
-            peer,
-            addr,
+            target,
             self.generation,
             qrx,
             self.transport.clone(),

@@ -16,6 +16,8 @@
 //! | `taskgraph_messages_sent_total` / `taskgraph_bytes_sent_total` | counter | messages handed to peers' connections, and their frame bytes |
 //! | `taskgraph_messages_received_total` / `taskgraph_bytes_received_total` | counter | messages read from peers, and their frame bytes |
 //! | `taskgraph_messages_dropped_total` | counter | messages the node dropped; label `reason` |
+//! | `taskgraph_request_retries_total` | counter | data requests sent again after a failover or a broken connection (S14) |
+//! | `taskgraph_peers_revoked_total` | counter | peer sessions whose lease this node revoked on evidence that their process is gone |
 
 /// Serves every metric of this process at `http://ADDR/metrics` in
 /// Prometheus's text format. Call it once, inside a tokio runtime, before

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
 use taskgraph_core::wire::{self, Envelope, MAX_FRAME_LEN};
-use taskgraph_core::{NodeId, SessionId, PROTOCOL_VERSION};
+use taskgraph_core::{Disconnect, NodeId, SessionId, PROTOCOL_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -62,8 +62,9 @@ pub struct TransportConfig {
 pub enum TransportEvent {
     /// A message arrived from `from` (the peer named in its handshake).
     Message(NodeId, Envelope),
-    /// The outbound connection `generation` to `peer` failed or broke.
-    Disconnected(NodeId, u64),
+    /// The outbound connection `generation` to `peer` failed or broke, and
+    /// what that shows about the peer's process.
+    Disconnected(NodeId, u64, Disconnect),
 }
 
 /// Why a frame or handshake was refused.
@@ -81,6 +82,28 @@ pub enum FrameError {
     /// The peer stayed silent for three heartbeats.
     #[error("peer silent for {0:?}")]
     Silent(Duration),
+    /// The peer's host refused the connection: nothing listens at the address.
+    #[error("connection refused: {0}")]
+    Refused(std::io::Error),
+    /// The address answered as the expected node, but with another session.
+    #[error("the peer answered with session {found}, not {expected}")]
+    OtherSession {
+        /// The session the store names.
+        expected: SessionId,
+        /// The session that answered.
+        found: SessionId,
+    },
+}
+
+impl FrameError {
+    /// What this failure shows about the peer's process (see [`Disconnect`]).
+    pub fn evidence(&self) -> Disconnect {
+        match self {
+            FrameError::Refused(_) => Disconnect::Refused,
+            FrameError::OtherSession { found, .. } => Disconnect::OtherSession(*found),
+            _ => Disconnect::Broken,
+        }
+    }
 }
 
 fn frame(kind: u8, body: &[u8]) -> Bytes {
@@ -265,35 +288,79 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// One outbound connection to open: to whom, where, and which of its
+/// sessions the store names.
+#[derive(Clone, Debug)]
+pub struct OutboundTarget {
+    /// The peer.
+    pub peer: NodeId,
+    /// Its registered address.
+    pub addr: String,
+    /// Its registered session.
+    pub session: SessionId,
+}
+
 /// Runs one outbound connection: connect, shake hands, then send queued
 /// frames and heartbeats until the queue closes (the node dropped it) or the
-/// connection fails. Reports a failure as `Disconnected(peer, generation)`.
+/// connection fails. Reports a failure as `Disconnected(peer, generation,
+/// evidence)`.
 pub async fn run_outbound(
     cfg: TransportConfig,
     session: SessionId,
-    peer: NodeId,
-    addr: String,
+    target: OutboundTarget,
     generation: u64,
     mut queue: mpsc::UnboundedReceiver<Bytes>,
     events: mpsc::UnboundedSender<TransportEvent>,
 ) {
-    let result = outbound(&cfg, session, peer, &addr, &mut queue).await;
+    let result = outbound(&cfg, session, &target, &mut queue).await;
     match result {
         Ok(()) => {}
         Err(e) => {
-            tracing::debug!(node = %cfg.node, %peer, %addr, %e, "connection to peer failed");
-            let _ = events.send(TransportEvent::Disconnected(peer, generation));
+            let (peer, addr) = (target.peer, &target.addr);
+            let evidence = e.evidence();
+            if evidence == Disconnect::Broken {
+                tracing::debug!(node = %cfg.node, %peer, %addr, %e, "connection to peer failed");
+            } else {
+                tracing::info!(node = %cfg.node, %peer, %addr, %e, "peer process is gone");
+            }
+            let _ = events.send(TransportEvent::Disconnected(peer, generation, evidence));
         }
+    }
+}
+
+/// Connects to `addr`, telling a refusal (evidence that no process listens
+/// there) from every other failure.
+async fn connect(
+    cfg: &TransportConfig,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> Result<TcpStream, FrameError> {
+    match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
+        Err(_) => Err(FrameError::Silent(cfg.connect_timeout)),
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            #[cfg(madsim)]
+            if sim_paths::is_cut(cfg.node, peer) {
+                // The simulator refuses a connection through a cut link at
+                // once; a real network drops the SYN and the connect times
+                // out, which is no evidence about the peer.
+                tokio::time::sleep(cfg.connect_timeout).await;
+                return Err(FrameError::Silent(cfg.connect_timeout));
+            }
+            let _ = peer;
+            Err(FrameError::Refused(e))
+        }
+        Ok(Err(e)) => Err(e.into()),
     }
 }
 
 async fn outbound(
     cfg: &TransportConfig,
     session: SessionId,
-    peer: NodeId,
-    addr: &str,
+    target: &OutboundTarget,
     queue: &mut mpsc::UnboundedReceiver<Bytes>,
 ) -> Result<(), FrameError> {
+    let (peer, addr) = (target.peer, target.addr.as_str());
     // An `ip:port` needs no resolver (and the simulator has none).
     let addr: SocketAddr = match addr.parse() {
         Ok(a) => a,
@@ -302,9 +369,7 @@ async fn outbound(
             .next()
             .ok_or_else(|| FrameError::Protocol(format!("no address for {addr}")))?,
     };
-    let stream = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| FrameError::Silent(cfg.connect_timeout))??;
+    let stream = connect(cfg, peer, addr).await?;
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = tokio::io::split(stream);
     let me = Hello {
@@ -325,6 +390,12 @@ async fn outbound(
             "expected node {peer}, reached {}",
             theirs.node
         )));
+    }
+    if theirs.session != target.session {
+        return Err(FrameError::OtherSession {
+            expected: target.session,
+            found: theirs.session,
+        });
     }
     let silence = cfg.heartbeat * 3;
     let mut beat = tokio::time::interval(cfg.heartbeat);
@@ -355,5 +426,43 @@ async fn outbound(
         wr.flush().await?;
             }
         }
+    }
+}
+
+/// Which paths between nodes a simulation has cut (`--cfg madsim` only).
+///
+/// madsim refuses a connection through a clogged link at once, where a real
+/// network would drop the SYN and let the connect time out. Since a refusal
+/// is evidence that the peer's process is gone ([`Disconnect::Refused`]),
+/// the simulator tells the transport which paths it has cut, and a refusal
+/// on a cut path is turned into the timeout a real network would give.
+#[cfg(madsim)]
+pub mod sim_paths {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use taskgraph_core::NodeId;
+
+    type PathCut = Rc<dyn Fn(NodeId, NodeId) -> bool>;
+
+    thread_local! {
+        // madsim runs a whole simulated world on one thread.
+        static PATH_CUT: RefCell<Option<PathCut>> = const { RefCell::new(None) };
+    }
+
+    /// Installs `cut(from, to)`, true while the path from `from` to `to` is
+    /// cut, for the simulation running on this thread.
+    pub fn set(cut: impl Fn(NodeId, NodeId) -> bool + 'static) {
+        PATH_CUT.with(|p| *p.borrow_mut() = Some(Rc::new(cut)));
+    }
+
+    /// Removes the function installed by [`set`].
+    pub fn clear() {
+        PATH_CUT.with(|p| *p.borrow_mut() = None);
+    }
+
+    /// Whether the path from `from` to `to` is cut.
+    pub(crate) fn is_cut(from: NodeId, to: NodeId) -> bool {
+        let f = PATH_CUT.with(|p| p.borrow().clone());
+        f.is_some_and(|f| f(from, to))
     }
 }

@@ -180,3 +180,89 @@ async fn frames_split_across_heartbeats_arrive_whole_and_silent_peers_are_droppe
     );
     node.shutdown.stop();
 }
+
+/// Opens one outbound connection to `addr` expecting `expected` and returns
+/// how it ended, as the transport reports it to the node.
+async fn outbound_end(
+    addr: SocketAddr,
+    peer: NodeId,
+    expected: SessionId,
+) -> taskgraph_core::Disconnect {
+    use taskgraph_runtime::transport::{
+        run_outbound, OutboundTarget, TransportConfig, TransportEvent,
+    };
+    let cfg = TransportConfig {
+        node: NodeId(50),
+        job: wire::job_tag("transport"),
+        heartbeat: Duration::from_millis(200),
+        connect_timeout: Duration::from_millis(500),
+    };
+    let (_queue_tx, queue) = tokio::sync::mpsc::unbounded_channel();
+    let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let target = OutboundTarget {
+        peer,
+        addr: addr.to_string(),
+        session: expected,
+    };
+    tokio::spawn(run_outbound(cfg, SessionId(7), target, 1, queue, events));
+    match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+        Ok(Some(TransportEvent::Disconnected(p, 1, how))) if p == peer => how,
+        other => panic!("expected a disconnect from {peer}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_tells_a_dead_process_from_an_unreachable_one() {
+    use taskgraph_core::Disconnect;
+    // Nothing listens: the host refuses, so the process is gone.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let closed = free.local_addr().expect("addr");
+    drop(free);
+    assert_eq!(
+        outbound_end(closed, NodeId(1), SessionId(1)).await,
+        Disconnect::Refused
+    );
+
+    // A live node answers with its own session: another one than expected
+    // means the expected session is over.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let store: Arc<dyn Store> = Arc::new(MemStoreServer::new());
+    let cfg = NodeConfig::new(NodeId(1), "transport", "", 3, 0);
+    let opts = NodeOptions::new(cfg, "127.0.0.1:0".parse().expect("addr"));
+    let topo = Arc::new(TreeTopology::new(2, 3).expect("tree"));
+    let builder =
+        TreeSumBuilder::new(3, 1_000, Results::default()).with_pace(Duration::from_secs(60));
+    let node = spawn_node(opts, store, topo, Box::new(builder), Some(tx))
+        .await
+        .expect("starts");
+    let session = loop {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some((_, taskgraph_core::Event::SessionStarted { session }))) => break session,
+            Ok(Some(_)) => {}
+            other => panic!("the node never started a session: {other:?}"),
+        }
+    };
+    let stale = SessionId(session.0 + 1000);
+    assert_eq!(
+        outbound_end(node.addr, NodeId(1), stale).await,
+        Disconnect::OtherSession(session)
+    );
+    node.shutdown.stop();
+
+    // A host that accepts but never answers (a frozen process, or a
+    // listener behind a one-way loss): no evidence, only a timeout.
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let mute_addr = mute.local_addr().expect("addr");
+    let _held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = mute.accept().await {
+            open.push(s);
+        }
+    });
+    assert_eq!(
+        outbound_end(mute_addr, NodeId(1), SessionId(1)).await,
+        Disconnect::Broken
+    );
+}

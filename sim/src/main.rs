@@ -357,6 +357,8 @@ mod sim {
         let mut recoveries: Vec<Duration> = Vec::new();
         let mut lost_model = 0u64;
         let mut vacancies: Vec<Duration> = Vec::new();
+        let mut takeovers: BTreeMap<FaultKind, Vec<Duration>> = BTreeMap::new();
+        let mut revoked = 0u64;
         for seed in from..end {
             let out = match run_caught(seed, &s) {
                 Ok(out) => out,
@@ -373,6 +375,10 @@ mod sim {
             };
             lost_model += u64::from(out.lost_model);
             vacancies.extend(&out.vacancies);
+            for (k, v) in &out.takeovers {
+                takeovers.entry(*k).or_default().extend(v);
+            }
+            revoked += out.revoked;
             simulated += out.elapsed;
             events += out.log.len();
             for (k, n) in &out.fired {
@@ -446,6 +452,19 @@ mod sim {
                 max
             );
         }
+        for (kind, v) in &mut takeovers {
+            v.sort();
+            let at = |q: f64| v[((v.len() - 1) as f64 * q) as usize];
+            println!(
+                "takeover after a {} of a primary (kill to another node's became_primary): {}, median {:?}, p99 {:?}, max {:?}",
+                kind.name(),
+                v.len(),
+                at(0.5),
+                at(0.99),
+                at(1.0)
+            );
+        }
+        println!("peer sessions revoked on evidence of death: {revoked}");
         recoveries.sort();
         if let (Some(max), false) = (recoveries.last(), recoveries.is_empty()) {
             let median = recoveries[recoveries.len() / 2];

@@ -172,8 +172,14 @@ impl Scenario {
 /// The kinds of fault the simulator injects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FaultKind {
-    /// A machine crashes (madsim kill) and restarts later as a new incarnation.
+    /// A machine crashes: its process dies and its host stops answering (a
+    /// connect times out, no evidence of death), until it restarts later as
+    /// a new incarnation.
     Crash,
+    /// A node's process dies but its host stays up: a connect to it is
+    /// refused, evidence on which peers revoke its lease at once. It
+    /// restarts later, at the same address, as a new incarnation.
+    ProcessDeath,
     /// A node is cut from everyone, peers and store.
     Partition,
     /// One direction of one link between two nodes is cut.
@@ -191,8 +197,9 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::Crash,
+        FaultKind::ProcessDeath,
         FaultKind::Partition,
         FaultKind::OneWay,
         FaultKind::StoreCut,
@@ -205,6 +212,7 @@ impl FaultKind {
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::Crash => "crash",
+            FaultKind::ProcessDeath => "process-death",
             FaultKind::Partition => "partition",
             FaultKind::OneWay => "one-way",
             FaultKind::StoreCut => "store-cut",
@@ -233,8 +241,19 @@ pub enum Target {
 /// One fault of a simulated run, at a time from the start of the run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SimFault {
-    /// Kill the target's machine at `at`; restart it `down` later.
+    /// Kill the target's machine at `at` and cut it off (its host is down);
+    /// restart it `down` later.
     Crash {
+        /// The node.
+        target: Target,
+        /// When.
+        at: Duration,
+        /// How long it stays down.
+        down: Duration,
+    },
+    /// Kill the target's process at `at`, its host still answering; restart
+    /// it `down` later.
+    ProcessDeath {
         /// The node.
         target: Target,
         /// When.
@@ -303,6 +322,7 @@ impl SimFault {
     pub fn at(&self) -> Duration {
         match self {
             SimFault::Crash { at, .. }
+            | SimFault::ProcessDeath { at, .. }
             | SimFault::Partition { at, .. }
             | SimFault::OneWay { at, .. }
             | SimFault::StoreCut { at, .. }
@@ -316,6 +336,7 @@ impl SimFault {
     pub fn kind(&self) -> FaultKind {
         match self {
             SimFault::Crash { .. } => FaultKind::Crash,
+            SimFault::ProcessDeath { .. } => FaultKind::ProcessDeath,
             SimFault::Partition { .. } => FaultKind::Partition,
             SimFault::OneWay { .. } => FaultKind::OneWay,
             SimFault::StoreCut { .. } => FaultKind::StoreCut,
@@ -353,6 +374,11 @@ pub fn random_faults(seed: u64, s: &Scenario) -> Vec<SimFault> {
         let i = usize::try_from(rng.range(0, s.kinds.len() as u64)).unwrap_or(0);
         v.push(match s.kinds[i] {
             FaultKind::Crash => SimFault::Crash {
+                target,
+                at,
+                down: dur,
+            },
+            FaultKind::ProcessDeath => SimFault::ProcessDeath {
                 target,
                 at,
                 down: dur,
@@ -448,6 +474,12 @@ pub struct Outcome {
     /// how long the task had no primary (failover time as the store saw
     /// it, including waits for a machine that was down or cut off).
     pub vacancies: Vec<Duration>,
+    /// Per kind of kill (`crash`, `process-death`) of a node acting as a
+    /// primary: the time from the kill to another node's `became_primary`.
+    pub takeovers: BTreeMap<FaultKind, Vec<Duration>>,
+    /// Peer sessions whose lease a node revoked on evidence that their
+    /// process was gone (the fast path).
+    pub revoked: u64,
     /// The regression's final weights (as bits), if it got there.
     pub weights: Option<Vec<u64>>,
     /// What the application found wrong with its own results.
@@ -512,6 +544,14 @@ struct Monitor {
     vacant: BTreeMap<TaskId, Duration>,
     /// How long each task went without a primary key, per vacancy.
     vacancies: Vec<Duration>,
+    /// Tasks whose primary was killed, when and by which kind of fault,
+    /// until another node becomes their primary.
+    killed: BTreeMap<TaskId, (Duration, FaultKind)>,
+    /// Time from the kill of a primary to another node's `became_primary`,
+    /// per kind of kill.
+    takeovers: BTreeMap<FaultKind, Vec<Duration>>,
+    /// Peer sessions revoked on evidence of death (`PeerGone`).
+    revoked: u64,
 }
 
 impl Monitor {
@@ -536,7 +576,14 @@ impl Monitor {
                 task, incarnation, ..
             } => {
                 self.acting.insert(node, (*task, *incarnation));
+                if let Some((killed, kind)) = self.killed.remove(task) {
+                    self.takeovers
+                        .entry(kind)
+                        .or_default()
+                        .push(at.saturating_sub(killed));
+                }
             }
+            Event::PeerGone { .. } => self.revoked += 1,
             Event::SteppedDown { .. } | Event::SessionLost { .. } | Event::Stopped { .. } => {
                 self.acting.remove(&node);
             }
@@ -647,7 +694,8 @@ enum Cut {
 /// How a fault is undone.
 #[derive(Debug)]
 enum Undo {
-    Restart(u64),
+    /// Lift the cuts (the host is back), then restart the node.
+    Restart(u64, Vec<Cut>),
     Uncut(Vec<Cut>),
     Undelay(Duration),
 }
@@ -660,11 +708,26 @@ struct Injector {
     net: Arc<madsim::net::NetSim>,
     handle: madsim::runtime::Handle,
     ids: BTreeMap<u64, madsim::task::NodeId>,
-    cuts: BTreeMap<Cut, u32>,
+    /// Shared with the transport (see [`Injector::install_path_cuts`]).
+    cuts: Arc<Mutex<BTreeMap<Cut, u32>>>,
     delays: Vec<Duration>,
 }
 
 impl Injector {
+    /// Tells the runtime's transport which paths are cut, so that a
+    /// connection refused on a cut path looks like a real network's
+    /// timeout, not like evidence that the peer's process is gone.
+    fn install_path_cuts(&self) {
+        let cuts = self.cuts.clone();
+        taskgraph_runtime::transport::sim_paths::set(move |from, to| {
+            let c = cuts.lock().unwrap_or_else(|e| e.into_inner());
+            let (a, b) = (from.0, to.0);
+            [Cut::Node(a), Cut::Node(b), Cut::Link(a, b), Cut::Link(b, a)]
+                .iter()
+                .any(|x| c.contains_key(x))
+        });
+    }
+
     fn kill(&self, node: u64) {
         if let Some(id) = self.ids.get(&node) {
             self.handle.kill(*id);
@@ -673,9 +736,13 @@ impl Injector {
 
     fn cut(&mut self, cuts: &[Cut]) {
         for c in cuts {
-            let n = self.cuts.entry(*c).or_default();
-            *n += 1;
-            if *n == 1 {
+            let first = {
+                let mut all = self.cuts.lock().unwrap_or_else(|e| e.into_inner());
+                let n = all.entry(*c).or_default();
+                *n += 1;
+                *n == 1
+            };
+            if first {
                 self.clog(*c, true);
             }
         }
@@ -704,6 +771,25 @@ impl Injector {
         }
     }
 
+    fn uncut(&mut self, cuts: Vec<Cut>) {
+        for c in cuts {
+            let last = {
+                let mut all = self.cuts.lock().unwrap_or_else(|e| e.into_inner());
+                let left = all.get_mut(&c).map(|n| {
+                    *n -= 1;
+                    *n
+                });
+                if left == Some(0) {
+                    all.remove(&c);
+                }
+                left == Some(0)
+            };
+            if last {
+                self.clog(c, false);
+            }
+        }
+    }
+
     fn delay(&mut self, latency: Duration) {
         self.delays.push(latency);
         self.set_latency();
@@ -723,22 +809,13 @@ impl Injector {
 
     fn undo(&mut self, undo: Undo) {
         match undo {
-            Undo::Restart(node) => {
+            Undo::Restart(node, cuts) => {
+                self.uncut(cuts);
                 if let Some(id) = self.ids.get(&node) {
                     self.handle.restart(*id);
                 }
             }
-            Undo::Uncut(cuts) => {
-                for c in cuts {
-                    if let Some(n) = self.cuts.get_mut(&c) {
-                        *n -= 1;
-                        if *n == 0 {
-                            self.cuts.remove(&c);
-                            self.clog(c, false);
-                        }
-                    }
-                }
-            }
+            Undo::Uncut(cuts) => self.uncut(cuts),
             Undo::Undelay(latency) => {
                 if let Some(i) = self.delays.iter().position(|l| *l == latency) {
                     self.delays.remove(i);
@@ -837,6 +914,9 @@ async fn run_app(s: &Scenario, faults: &[SimFault], reference: Option<&[u64]>) -
         acting: BTreeMap::new(),
         vacant: BTreeMap::new(),
         vacancies: Vec::new(),
+        killed: BTreeMap::new(),
+        takeovers: BTreeMap::new(),
+        revoked: 0,
     }));
     let store_addr = SocketAddr::new(ip(1), STORE_PORT);
     let store_monitor = monitor.clone();
@@ -954,9 +1034,10 @@ async fn run_app(s: &Scenario, faults: &[SimFault], reference: Option<&[u64]>) -
         net: madsim::net::NetSim::current(),
         handle: handle.clone(),
         ids,
-        cuts: BTreeMap::new(),
+        cuts: Arc::new(Mutex::new(BTreeMap::new())),
         delays: Vec::new(),
     };
+    inj.install_path_cuts();
     let resolve = |t: Target| -> Option<u64> {
         match t {
             Target::Node(n) => Some(n),
@@ -982,15 +1063,29 @@ async fn run_app(s: &Scenario, faults: &[SimFault], reference: Option<&[u64]>) -
         let at = f.at();
         let up = |n: u64| n >= 1 && n <= n_nodes && down_until.get(&n).map_or(true, |u| at > *u);
         let done: Option<(String, Duration, Undo)> = match f.clone() {
-            SimFault::Crash { target, down, .. } => {
+            SimFault::Crash { target, down, .. } | SimFault::ProcessDeath { target, down, .. } => {
+                let host_down = matches!(f, SimFault::Crash { .. });
                 resolve(target).filter(|n| up(*n)).map(|node| {
+                    let cut = if host_down {
+                        vec![Cut::Node(node)]
+                    } else {
+                        vec![]
+                    };
+                    inj.cut(&cut);
                     inj.kill(node);
                     down_until.insert(node, at + down);
                     let m = &mut *lock(&monitor);
                     let now = Instant::from_duration(m.since());
                     m.checker.on_crash(now, NodeId(node));
-                    m.acting.remove(&NodeId(node));
-                    (format!("crash node {node}"), down, Undo::Restart(node))
+                    if let Some((task, _)) = m.acting.remove(&NodeId(node)) {
+                        m.killed.insert(task, (m.since(), f.kind()));
+                    }
+                    let what = if host_down {
+                        format!("crash node {node} (host down)")
+                    } else {
+                        format!("kill the process of node {node} (host up)")
+                    };
+                    (what, down, Undo::Restart(node, cut))
                 })
             }
             SimFault::Partition { target, dur, .. } => {
@@ -1116,6 +1211,8 @@ async fn run_app(s: &Scenario, faults: &[SimFault], reference: Option<&[u64]>) -
         violations: m.checker.violations().to_vec(),
         recovery,
         vacancies: std::mem::take(&mut m.vacancies),
+        takeovers: std::mem::take(&mut m.takeovers),
+        revoked: m.revoked,
         weights,
         app_failures,
         lost_model,

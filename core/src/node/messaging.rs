@@ -2,7 +2,7 @@
 //! replication (S3, S11–S17).
 
 use super::{Node, Peer, PendingRequest, Phase, Role, Serving};
-use crate::action::{Action, DropReason, Event};
+use crate::action::{Action, Disconnect, DropReason, Event};
 use crate::config::PROTOCOL_VERSION;
 use crate::task::{Link, ServeId};
 use crate::wire::{Body, Direction, Envelope, Reply, RequestId};
@@ -48,9 +48,15 @@ impl Node {
                         open: true,
                         retry_at: None,
                         backoff: self.cfg.backoff,
+                        opened: self.now,
+                        revoked: false,
                     },
                 );
-                self.actions.push_back(Action::Connect { node: n, addr });
+                self.actions.push_back(Action::Connect {
+                    node: n,
+                    addr,
+                    session,
+                });
                 true
             }
         }
@@ -93,15 +99,44 @@ impl Node {
         true
     }
 
-    /// The connection to `n` broke: retry after a backoff, then resend.
-    pub(super) fn on_disconnect(&mut self, now: Instant, n: NodeId) {
-        let max = self.cfg.max_backoff;
-        if let Some(p) = self.peers.get_mut(&n) {
-            if p.open {
-                p.open = false;
-                p.retry_at = Some(now + p.backoff);
-                p.backoff = (p.backoff * 2).min(max);
+    /// The connection to `n` broke: retry after a backoff, then resend. On
+    /// evidence that the peer's process is gone, revoke its session's lease.
+    pub(super) fn on_disconnect(&mut self, now: Instant, n: NodeId, how: Disconnect) {
+        let (base, max) = (self.cfg.backoff, self.cfg.max_backoff);
+        let registered = self.view.nodes.get(&n).map(|e| e.record.session);
+        let Some(p) = self.peers.get_mut(&n) else {
+            return;
+        };
+        if p.open {
+            // A connection that lived longer than the longest backoff was
+            // healthy: the next retry starts from the shortest one.
+            if now.saturating_duration_since(p.opened) > max {
+                p.backoff = base;
             }
+            p.open = false;
+            p.retry_at = Some(now + p.backoff);
+            p.backoff = (p.backoff * 2).min(max);
+        }
+        let evidence = match how {
+            Disconnect::Broken => false,
+            Disconnect::Refused => true,
+            Disconnect::OtherSession(s) => s != p.session,
+        };
+        // Only the session that was connected to, and only while the store
+        // still names it: a newer registration is a live process.
+        if evidence && !p.revoked && registered == Some(p.session) {
+            p.revoked = true;
+            let session = p.session;
+            self.stats.peers_revoked += 1;
+            self.emit(Event::PeerGone {
+                node: n,
+                session,
+                evidence: how,
+            });
+            self.store_op(
+                super::OpKind::Ignored,
+                crate::store::StoreOp::LeaseRevoke { lease: session.0 },
+            );
         }
     }
 
@@ -124,7 +159,12 @@ impl Node {
                 (Some((session, addr)), Some(p)) if p.session == session => {
                     p.retry_at = None;
                     p.open = true;
-                    self.actions.push_back(Action::Connect { node: n, addr });
+                    p.opened = now;
+                    self.actions.push_back(Action::Connect {
+                        node: n,
+                        addr,
+                        session,
+                    });
                     self.resync_node(n);
                 }
                 _ => {
@@ -272,6 +312,7 @@ impl Node {
                 to,
                 req,
                 sent: None,
+                attempts: 0,
             },
         );
         self.send_request(id);
@@ -292,8 +333,16 @@ impl Node {
             e.incarnation(),
             Body::Request { id, req },
         );
+        let mut resent = false;
         if let Some(p) = self.primary.pending.get_mut(&id) {
             p.sent = sent.then_some((e.record.node, e.incarnation()));
+            if sent {
+                resent = p.attempts > 0;
+                p.attempts += 1;
+            }
+        }
+        if resent {
+            self.emit(Event::RequestResent { to, id });
         }
     }
 

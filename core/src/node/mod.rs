@@ -20,7 +20,7 @@ mod roles;
 mod session;
 pub(crate) mod view;
 
-use crate::action::{Action, Event, OpId, StepDownReason};
+use crate::action::{Action, Disconnect, Event, OpId, StepDownReason};
 use crate::config::{ConfigError, JobSpec, NodeConfig, PROTOCOL_VERSION};
 use crate::keys::Keys;
 use crate::store::{LeaseId, Revision, StoreError, StoreResponse, WatchId, WatchResponse};
@@ -115,6 +115,8 @@ struct PendingRequest {
     req: Bytes,
     /// Where it was last sent (node, target incarnation).
     sent: Option<(NodeId, Incarnation)>,
+    /// How many times it was handed to a connection.
+    attempts: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -164,6 +166,10 @@ struct Peer {
     open: bool,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// When the current connection was asked for.
+    opened: Instant,
+    /// This node already revoked the peer session's lease.
+    revoked: bool,
 }
 
 /// Counters of what a node did, for benchmarks and tests.
@@ -179,6 +185,9 @@ pub struct NodeStats {
     pub messages_sent: u64,
     /// Messages dropped.
     pub messages_dropped: u64,
+    /// Peer sessions whose lease this node revoked on evidence of their
+    /// process's death.
+    pub peers_revoked: u64,
 }
 
 /// One member of a job, as a sans-IO state machine. See the [module
@@ -230,6 +239,8 @@ pub struct Node {
 
     exit: Option<ExitReason>,
     stats: NodeStats,
+    /// The `now` of the input being handled.
+    now: Instant,
 }
 
 impl std::fmt::Debug for Node {
@@ -321,6 +332,7 @@ impl Node {
             held: VecDeque::new(),
             exit: None,
             stats: NodeStats::default(),
+            now,
             cfg,
         };
         node.start_session(now);
@@ -484,12 +496,16 @@ impl Node {
         self.on_message(now, from, msg);
     }
 
-    /// The connection to `node` failed or broke; messages sent on it may be lost.
-    pub fn handle_disconnect(&mut self, now: Instant, node: NodeId) {
+    /// The connection to `node` failed or broke; messages sent on it may be
+    /// lost. `how` says what the failure shows about the peer's process: on
+    /// evidence that it is gone ([`Disconnect::Refused`],
+    /// [`Disconnect::OtherSession`]) this node revokes the peer session's
+    /// lease, so failover starts at once instead of after the TTL.
+    pub fn handle_disconnect(&mut self, now: Instant, node: NodeId, how: Disconnect) {
         if !self.input(now) {
             return;
         }
-        self.on_disconnect(now, node);
+        self.on_disconnect(now, node, how);
     }
 
     /// Stops this node only (S6, S18): it steps down, revokes its lease so
@@ -505,6 +521,7 @@ impl Node {
     /// lease deadline has passed (S2). Returns false if the node is stopped.
     fn input(&mut self, now: Instant) -> bool {
         self.stats.inputs += 1;
+        self.now = self.now.max(now);
         if self.phase == Phase::Stopped {
             return false;
         }

@@ -2,7 +2,7 @@
 
 use super::checker::{Checker, Violation};
 use super::rng::Rng;
-use crate::action::{Action, OpId};
+use crate::action::{Action, Disconnect, OpId};
 use crate::config::NodeConfig;
 use crate::store::{MemStore, StoreError, StoreOp, StoreResponse, WatchId, WatchResponse};
 use crate::task::TaskBuilder;
@@ -193,6 +193,7 @@ enum Ev {
         node: NodeId,
         life: u64,
         peer: NodeId,
+        how: Disconnect,
     },
 }
 
@@ -755,11 +756,16 @@ impl Cluster {
                 }
                 self.drain(to);
             }
-            Ev::Disconnect { node, peer, .. } => {
-                self.note(Some(node), format_args!("disconnected from {peer:?}"));
+            Ev::Disconnect {
+                node, peer, how, ..
+            } => {
+                self.note(
+                    Some(node),
+                    format_args!("disconnected from {peer:?}: {how:?}"),
+                );
                 let now = self.now;
                 if let Some(n) = self.node_mut(node) {
-                    n.handle_disconnect(now, peer);
+                    n.handle_disconnect(now, peer, how);
                 }
                 self.drain(node);
             }
@@ -820,18 +826,32 @@ impl Cluster {
         }
     }
 
+    /// Breaks the connection from `a` to `b` without evidence about `b`,
+    /// noticed after `detect_delay` (a heartbeat timeout).
     fn break_conn(&mut self, a: NodeId, b: NodeId) {
+        self.break_conn_as(a, b, Disconnect::Broken, self.cfg.detect_delay);
+    }
+
+    /// A round trip at the longest message delay: how long a refused
+    /// connect, a handshake or a reset takes to be noticed.
+    fn round_trip(&self) -> Duration {
+        self.cfg.msg_delay.1 * 2
+    }
+
+    /// Breaks the connection from `a` to `b`, reported as `how` after `delay`.
+    fn break_conn_as(&mut self, a: NodeId, b: NodeId, how: Disconnect, delay: Duration) {
         let life = self.life(a);
         if let Some(c) = self.conns.get_mut(&(a, b)) {
             if !c.broken {
                 c.broken = true;
-                let at = self.now + self.cfg.detect_delay;
+                let at = self.now + delay;
                 self.push(
                     at,
                     Ev::Disconnect {
                         node: a,
                         life,
                         peer: b,
+                        how,
                     },
                 );
             }
@@ -874,11 +894,26 @@ impl Cluster {
                         );
                     }
                 }
-                Action::Connect { node, .. } => {
+                Action::Connect { node, session, .. } => {
                     let gen = self.conns.get(&(id, node)).map_or(0, |c| c.gen) + 1;
                     self.conns.insert((id, node), Conn { gen, broken: false });
-                    if self.blocked.contains(&(id, node)) || !self.is_up(node) {
+                    // What a real connect would show: nothing through a
+                    // partition; a refusal from the host of a process that
+                    // is gone; the handshake of a newer session.
+                    let answered = self
+                        .node(node)
+                        .filter(|n| !n.is_stopped())
+                        .map(Node::session);
+                    let rtt = self.round_trip();
+                    if self.blocked.contains(&(id, node)) {
                         self.break_conn(id, node);
+                    } else if let Some(now_session) = answered {
+                        if now_session != session {
+                            let how = Disconnect::OtherSession(now_session);
+                            self.break_conn_as(id, node, how, rtt);
+                        }
+                    } else {
+                        self.break_conn_as(id, node, Disconnect::Refused, rtt);
                     }
                 }
                 Action::Send { to, msg } => {
@@ -997,8 +1032,15 @@ impl Cluster {
             .filter(|(_, b)| *b == id)
             .map(|(a, _)| *a)
             .collect();
+        // The dead process's host resets its connections at once, unless a
+        // partition stands between them.
+        let rtt = self.round_trip();
         for a in peers {
-            self.break_conn(a, id);
+            if self.blocked.contains(&(id, a)) {
+                self.break_conn(a, id);
+            } else {
+                self.break_conn_as(a, id, Disconnect::Broken, rtt);
+            }
         }
         self.conns.retain(|(a, _), _| *a != id);
         self.check_primaries();
