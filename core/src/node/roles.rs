@@ -99,43 +99,47 @@ impl Node {
                 }
             }
             Role::Spare => {
-                if !self.view.nodes.contains_key(&self.cfg.node) {
-                    return;
-                }
-                let spares = self.view.spares();
-                let Some(rank) = spares.iter().position(|n| *n == self.cfg.node) else {
+                let open = self.open_slots();
+                let Some(rank) = self.view.spare_rank(self.cfg.node, open) else {
                     return;
                 };
-                match self.targets().get(rank) {
-                    Some(Target::Primary(t)) => self.claim_primary(now, *t, false),
-                    Some(Target::Standby(t, s)) => self.claim_standby(*t, *s),
+                match self.target(rank) {
+                    Some(Target::Primary(t)) => self.claim_primary(now, t, false),
+                    Some(Target::Standby(t, s)) => self.claim_standby(t, s),
                     None => {}
                 }
             }
         }
     }
 
+    /// Whether `t` has neither a primary nor a standby: a spare must take it.
+    fn orphaned(&self, t: TaskId) -> bool {
+        self.view.primaries[t.index()].is_none() && self.view.standbys[t.index()].is_empty()
+    }
+
     /// Open slots in claiming order: orphaned tasks first, then standby
-    /// slots, spread over the tasks.
-    fn targets(&self) -> Vec<Target> {
-        let n = self.cfg.num_tasks;
-        let mut v: Vec<Target> = (0..n)
-            .map(TaskId)
-            .filter(|t| {
-                self.view.primaries[t.index()].is_none() && self.view.standbys[t.index()].is_empty()
-            })
-            .map(Target::Primary)
-            .collect();
-        for slot in 0..self.cfg.standbys_per_task {
-            for t in (0..n).map(TaskId) {
-                if !self.view.standbys[t.index()].contains_key(&slot)
-                    && !v.contains(&Target::Primary(t))
-                {
-                    v.push(Target::Standby(t, slot));
-                }
-            }
-        }
-        v
+    /// slots of the other tasks, slot by slot, spread over the tasks.
+    fn open_targets(&self) -> impl Iterator<Item = Target> + '_ {
+        let tasks = || (0..self.cfg.num_tasks).map(TaskId);
+        let orphans = tasks().filter(|t| self.orphaned(*t)).map(Target::Primary);
+        let standbys = (0..self.cfg.standbys_per_task).flat_map(move |slot| {
+            tasks()
+                .filter(move |t| {
+                    !self.orphaned(*t) && !self.view.standbys[t.index()].contains_key(&slot)
+                })
+                .map(move |t| Target::Standby(t, slot))
+        });
+        orphans.chain(standbys)
+    }
+
+    /// How many slots are open.
+    fn open_slots(&self) -> usize {
+        self.open_targets().count()
+    }
+
+    /// The `rank`-th open slot: the one the spare of that rank claims.
+    fn target(&self, rank: usize) -> Option<Target> {
+        self.open_targets().nth(rank)
     }
 
     fn lease(&self) -> i64 {

@@ -5,7 +5,7 @@ use crate::keys::{self, FailureRecord, Key, Keys, NodeRecord, RoleRecord};
 use crate::store::{KeyValue, Revision, WatchEvent, WatchEventKind};
 use crate::task::ExitReason;
 use crate::{Epoch, Incarnation, NodeId, TaskId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A node registered under `nodes/`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -208,28 +208,31 @@ impl View {
         v
     }
 
-    /// Whether `node` holds any role (primary or standby) in the view.
-    pub fn holds_role(&self, node: NodeId) -> bool {
+    /// Every node named in a primary or standby record.
+    fn role_holders(&self) -> BTreeSet<NodeId> {
         self.primaries
             .iter()
             .flatten()
-            .any(|e| e.record.node == node)
-            || self
-                .standbys
-                .iter()
-                .flat_map(|m| m.values())
-                .any(|e| e.record.node == node)
+            .chain(self.standbys.iter().flat_map(|m| m.values()))
+            .map(|e| e.record.node)
+            .collect()
     }
 
-    /// Nodes holding no role, in order of registration.
-    pub fn spares(&self) -> Vec<NodeId> {
-        let mut v: Vec<(Revision, NodeId)> = self
-            .nodes
-            .iter()
-            .filter(|(n, _)| !self.holds_role(**n))
-            .map(|(n, e)| (e.create_revision, *n))
-            .collect();
-        v.sort();
-        v.into_iter().map(|(_, n)| n).collect()
+    /// The place of `node` among the nodes holding no role, in order of
+    /// registration, counting at most `limit` nodes before it (`None`: it
+    /// holds a role or is not registered).
+    pub fn spare_rank(&self, node: NodeId, limit: usize) -> Option<usize> {
+        let holders = self.role_holders();
+        let mine = self.nodes.get(&node)?.create_revision;
+        if holders.contains(&node) {
+            return None;
+        }
+        Some(
+            self.nodes
+                .iter()
+                .filter(|(n, e)| (e.create_revision, **n) < (mine, node) && !holders.contains(n))
+                .take(limit)
+                .count(),
+        )
     }
 }
