@@ -233,6 +233,9 @@ impl Job {
 /// `None` where it was not seen within 15 s.
 type Sample = (Option<u128>, Option<u128>, Option<u128>);
 
+/// Failovers slower than this are listed one by one after the table.
+const SLOW_MS: u128 = 500;
+
 fn failover(job: &mut Job, task: u32, sig: &str) -> Result<Sample, Failure> {
     let victim = job
         .wait(Duration::from_secs(15), |_| job.primary_of(task))
@@ -255,11 +258,28 @@ fn failover(job: &mut Job, task: u32, sig: &str) -> Result<Sample, Failure> {
             x.starts_with("NeighbourRestarted") && x.contains(&neighbour)
         })
     });
+    // Each process's output is read by its own thread: the standby's line
+    // may arrive a little after the neighbours'.
+    let became = job.wait(Duration::from_secs(2), |e| {
+        after(e, &|x| x.starts_with(&primary))
+    });
     let events = job.events();
     let died = after(&events, &|x| {
         x.starts_with("NeighbourDied") && x.contains(&neighbour)
     });
-    let became = after(&events, &|x| x.starts_with(&primary));
+    if sig == "-KILL" && restarted.is_none_or(|r| r > SLOW_MS) {
+        // Which way the death was found: a revocation on evidence names the
+        // victim; without one the lease had to expire.
+        let gone = format!("PeerGone {{ node: NodeId({victim}),");
+        let evidence: Vec<String> = events
+            .iter()
+            .filter(|(t, _, x)| *t >= t0 && x.starts_with(&gone))
+            .map(|(t, n, x)| format!("+{} ms node {n}: {x}", t - t0))
+            .collect();
+        println!(
+            "slow: {sig} of node {victim} (primary of task {task}): died {died:?}, became primary {became:?}, restarted {restarted:?} ms; evidence: {evidence:?}"
+        );
+    }
     // Bring the node back as a new process (it rejoins as a spare).
     if let Some(p) = job.procs.get_mut(slot) {
         drop(p.take());

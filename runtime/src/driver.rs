@@ -324,7 +324,20 @@ async fn run_on(
                     Err(_) => Ok(()),
                 }
             }
-            Some(input) = in_rx.recv() => l.input(input),
+            Some(input) = in_rx.recv() => match input {
+                // Watch responses that queued up while the node was busy
+                // are handed over as one: the node then weighs the roles
+                // once for the lot instead of once per revision.
+                Input::Watch(first) => {
+                    let (merged, next) = merge_watch(first, &mut in_rx);
+                    let r = l.input(Input::Watch(merged));
+                    match next {
+                        Some(next) if r.is_ok() => l.drain().and_then(|()| l.input(next)),
+                        _ => r,
+                    }
+                }
+                other => l.input(other),
+            },
             Some(ev) = tr_rx.recv() => l.input(Input::Transport(ev)),
             _ = sleep => l.guard(|n| n.handle_timeout(clock::now())),
         };
@@ -375,6 +388,31 @@ async fn run_on(
         },
         Err(panic) => Err(RuntimeError::TaskPanicked(panic)),
     }
+}
+
+/// At most this many watch events are handed to the node in one input.
+const WATCH_BATCH: usize = 4096;
+
+/// Appends to `first` the responses of the same watch already queued behind
+/// it, in order, up to [`WATCH_BATCH`] events and never past the response
+/// that ends the watch. Returns the merged response and the first other
+/// input taken from the queue, which must be handled next.
+fn merge_watch(
+    mut first: WatchResponse,
+    rx: &mut mpsc::UnboundedReceiver<Input>,
+) -> (WatchResponse, Option<Input>) {
+    while !first.canceled && first.events.len() < WATCH_BATCH {
+        match rx.try_recv() {
+            Ok(Input::Watch(next)) if next.watch == first.watch => {
+                first.events.extend(next.events);
+                first.compact_revision = next.compact_revision;
+                first.canceled = next.canceled;
+            }
+            Ok(other) => return (first, Some(other)),
+            Err(_) => break,
+        }
+    }
+    (first, None)
 }
 
 impl Loop {
@@ -667,5 +705,88 @@ impl Loop {
                 task,
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{merge_watch, Input, WATCH_BATCH};
+    use taskgraph_core::store::{KeyValue, WatchEvent, WatchEventKind, WatchResponse};
+    use tokio::sync::mpsc;
+
+    fn resp(watch: i64, revisions: &[i64], canceled: bool) -> WatchResponse {
+        WatchResponse {
+            watch,
+            events: revisions
+                .iter()
+                .map(|r| WatchEvent {
+                    kind: WatchEventKind::Put,
+                    kv: KeyValue {
+                        key: format!("k{r}"),
+                        value: bytes::Bytes::new(),
+                        create_revision: *r,
+                        mod_revision: *r,
+                        version: 1,
+                        lease: 0,
+                    },
+                })
+                .collect(),
+            compact_revision: None,
+            canceled,
+        }
+    }
+
+    fn revisions(r: &WatchResponse) -> Vec<i64> {
+        r.events.iter().map(|e| e.kv.mod_revision).collect()
+    }
+
+    #[test]
+    fn queued_responses_of_one_watch_merge_in_order_up_to_the_end_of_the_watch() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for r in [
+            resp(1, &[2, 3], false),
+            resp(1, &[4], true),
+            resp(1, &[9], false),
+        ] {
+            tx.send(Input::Watch(r)).expect("queued");
+        }
+        let (merged, next) = merge_watch(resp(1, &[1], false), &mut rx);
+        assert_eq!(revisions(&merged), vec![1, 2, 3, 4]);
+        assert!(merged.canceled, "the end of the watch is kept");
+        assert!(next.is_none());
+        // Nothing after the end was taken.
+        let Ok(Input::Watch(rest)) = rx.try_recv() else {
+            panic!("the response after the end stays queued");
+        };
+        assert_eq!(revisions(&rest), vec![9]);
+    }
+
+    #[test]
+    fn another_input_or_another_watch_stops_the_merge_and_is_handed_back() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tx.send(Input::Watch(resp(1, &[2], false))).expect("queued");
+        tx.send(Input::Watch(resp(7, &[3], false))).expect("queued");
+        tx.send(Input::Watch(resp(1, &[4], false))).expect("queued");
+        let (merged, next) = merge_watch(resp(1, &[1], false), &mut rx);
+        assert_eq!(revisions(&merged), vec![1, 2]);
+        match next {
+            Some(Input::Watch(other)) => assert_eq!((other.watch, revisions(&other)), (7, vec![3])),
+            _ => panic!("the other watch's response is handed back"),
+        }
+        let Ok(Input::Watch(rest)) = rx.try_recv() else {
+            panic!("still queued");
+        };
+        assert_eq!(revisions(&rest), vec![4]);
+    }
+
+    #[test]
+    fn a_merge_stops_at_the_batch_limit() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let big: Vec<i64> = (1..=WATCH_BATCH as i64).collect();
+        tx.send(Input::Watch(resp(1, &[0], false))).expect("queued");
+        let (merged, next) = merge_watch(resp(1, &big, false), &mut rx);
+        assert_eq!(merged.events.len(), WATCH_BATCH);
+        assert!(next.is_none());
+        assert!(rx.try_recv().is_ok(), "the rest waits for the next input");
     }
 }

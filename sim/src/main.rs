@@ -34,8 +34,8 @@ Scenario options (sweep, replay):
   --pace-ms MS      pause between epochs
   --faults N        faults per seed
   --window-secs S   faults start within the first S seconds
-  --kinds LIST      comma-separated: crash,partition,one-way,store-cut,
-                    store-outage,pause,delay
+  --kinds LIST      comma-separated: crash,process-death,partition,one-way,
+                    store-cut,store-outage,pause,delay
   --canary NAME     a deliberately broken behaviour: skip-step-down,
                     neighbour-died-twice, accept-fenced, no-restart-notice";
 

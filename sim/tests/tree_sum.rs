@@ -140,3 +140,53 @@ fn the_regression_reaches_the_fault_free_weights_under_30_seeds_of_faults() {
     }
     assert!(compared >= 20, "only {compared} of 30 runs reached the end");
 }
+
+#[test]
+fn a_dead_process_is_replaced_on_evidence_and_a_downed_host_only_after_its_lease() {
+    let s = Scenario::small();
+    let kill = |process_only: bool| {
+        let (target, at, down) = (
+            Target::PrimaryOf(1),
+            Duration::from_secs(1),
+            Duration::from_secs(3),
+        );
+        if process_only {
+            SimFault::ProcessDeath { target, at, down }
+        } else {
+            SimFault::Crash { target, at, down }
+        }
+    };
+    let revoked = |out: &taskgraph_sim::world::Outcome| {
+        out.log
+            .iter()
+            .filter(|(_, _, e)| matches!(e, Event::PeerGone { .. }))
+            .count()
+    };
+
+    // The process dies, its host refuses connections: a neighbour revokes
+    // its lease and the standby takes over well within the TTL.
+    let out = run_seed_with(1, &s, &[kill(true)]);
+    assert_eq!(out.failures(&s), Vec::<String>::new());
+    let took = out.takeovers.get(&FaultKind::ProcessDeath).cloned();
+    assert!(revoked(&out) >= 1, "nobody revoked the dead session");
+    assert!(
+        took.as_ref()
+            .is_some_and(|t| t.len() == 1 && t[0] < s.ttl / 4),
+        "takeover after a process death (simulated time): {took:?}, TTL {:?}",
+        s.ttl
+    );
+
+    // The host goes down: connections time out, which is no evidence, so
+    // the standby waits for the lease (renewed at most one renew interval
+    // before the crash).
+    let out = run_seed_with(1, &s, &[kill(false)]);
+    assert_eq!(out.failures(&s), Vec::<String>::new());
+    let took = out.takeovers.get(&FaultKind::Crash).cloned();
+    assert_eq!(revoked(&out), 0, "a downed host gave evidence of death");
+    assert!(
+        took.as_ref()
+            .is_some_and(|t| t.len() == 1 && t[0] >= s.ttl - Duration::from_millis(500)),
+        "takeover after a host crash (simulated time): {took:?}, TTL {:?}",
+        s.ttl
+    );
+}
