@@ -97,19 +97,58 @@ impl Job {
     }
 }
 
-/// Starts a job `name` of `tasks` tasks in a tree of `fanout`, `standbys`
-/// standbys per task, on loopback, with `backend` (default: an embedded
-/// store) whose operations go to `counts`; `builder` makes every node's
-/// tasks.
+/// The shape and timing of a job started by [`start`].
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// Tasks, in a tree of `fanout`.
+    pub tasks: u32,
+    /// Children per task.
+    pub fanout: u32,
+    /// Standbys per task.
+    pub standbys: u32,
+    /// Lease TTL of every node.
+    pub ttl: Duration,
+    /// Counts the sessions nodes lost (their lease could not be renewed in
+    /// time), if given.
+    pub sessions_lost: Option<Arc<AtomicU64>>,
+}
+
+impl Layout {
+    /// `tasks` tasks in a tree of `fanout`, `standbys` standbys each, the
+    /// default TTL, session losses not counted.
+    pub fn new(tasks: u32, fanout: u32, standbys: u32) -> Layout {
+        Layout {
+            tasks,
+            fanout,
+            standbys,
+            ttl: NodeConfig::new(NodeId(1), "x", "", 1, 0).ttl,
+            sessions_lost: None,
+        }
+    }
+}
+
+/// Starts a job `name` shaped as `layout`, on loopback, with `backend`
+/// (default: an embedded store) whose operations go to `counts`; `builder`
+/// makes every node's tasks.
 pub async fn start(
     name: &str,
-    tasks: u32,
-    fanout: u32,
-    standbys: u32,
+    layout: &Layout,
     counts: Arc<OpCounts>,
     backend: Option<Arc<dyn Store>>,
     builder: impl Fn() -> Box<dyn TaskBuilder>,
 ) -> Result<Job, String> {
+    let (tasks, fanout, standbys) = (layout.tasks, layout.fanout, layout.standbys);
+    let events = layout.sessions_lost.clone().map(|lost| {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some((_, ev)) = rx.recv().await {
+                if matches!(ev, taskgraph_core::Event::SessionLost { .. }) {
+                    lost.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        tx
+    });
     let store: Arc<dyn Store> = Arc::new(Counting {
         inner: backend.unwrap_or_else(|| Arc::new(MemStoreServer::new())),
         counts: counts.clone(),
@@ -118,9 +157,16 @@ pub async fn start(
     let n = u64::from(tasks) * u64::from(1 + standbys);
     let mut nodes = Vec::new();
     for id in 1..=n {
-        let cfg = NodeConfig::new(NodeId(id), name, "", tasks, standbys);
+        let mut cfg = NodeConfig::new(NodeId(id), name, "", tasks, standbys);
+        if cfg.ttl != layout.ttl {
+            // Renewals and the step-down margin keep their share of the TTL.
+            let scale = layout.ttl.as_secs_f64() / cfg.ttl.as_secs_f64();
+            cfg.renew_interval = cfg.renew_interval.mul_f64(scale);
+            cfg.step_down_margin = cfg.step_down_margin.mul_f64(scale);
+            cfg.ttl = layout.ttl;
+        }
         let opts = NodeOptions::new(cfg, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
-        let h = spawn_node(opts, store.clone(), topo.clone(), builder(), None)
+        let h = spawn_node(opts, store.clone(), topo.clone(), builder(), events.clone())
             .await
             .map_err(|e| format!("node {id}: {e}"))?;
         nodes.push(h);

@@ -86,7 +86,8 @@ async fn taskgraph_run(payload: Bytes, rounds: u64, run: u64) -> Result<f64, Fai
     let clock = Arc::new(Mutex::new((None, None, None)));
     let (p, c) = (payload.clone(), clock.clone());
     let counts = Arc::new(cluster::OpCounts::default());
-    let job = cluster::start(&format!("data-{run}"), 2, 1, 0, counts, None, move || {
+    let layout = cluster::Layout::new(2, 1, 0);
+    let job = cluster::start(&format!("data-{run}"), &layout, counts, None, move || {
         Box::new(FetchBuilder {
             payload: p.clone(),
             rounds,

@@ -21,6 +21,12 @@ struct Shape {
     meta: usize,
     /// etcd endpoint to coordinate through (default: the embedded store).
     etcd: Option<String>,
+    /// Lease TTL of every node.
+    ttl: Duration,
+    /// Counts the sessions nodes lost, if given.
+    sessions_lost: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// A run not finished by then fails.
+    limit: Duration,
 }
 
 /// Every task flags its parent with `meta` once all its children have
@@ -105,11 +111,14 @@ async fn taskgraph_run(s: &Shape, run: u64) -> Result<(f64, f64, f64), Failure> 
     let backend = backend(s).await?;
     let last = s.epochs;
     let began = Instant::now();
+    let layout = cluster::Layout {
+        ttl: s.ttl,
+        sessions_lost: s.sessions_lost.clone(),
+        ..cluster::Layout::new(s.tasks, s.fanout, s.standbys)
+    };
     let job = cluster::start(
         &format!("epochs-{run}-{}", std::process::id()),
-        s.tasks,
-        s.fanout,
-        s.standbys,
+        &layout,
         counts,
         backend,
         move || {
@@ -124,9 +133,7 @@ async fn taskgraph_run(s: &Shape, run: u64) -> Result<(f64, f64, f64), Failure> 
     .await
     .map_err(Failure::Run)?;
     let counts = job.counts.clone();
-    job.join(Duration::from_secs(300))
-        .await
-        .map_err(Failure::Run)?;
+    job.join(s.limit).await.map_err(Failure::Run)?;
     // Keep-alives go by time, not by epoch: over the whole run.
     let keepalives = counts.snapshot().1 as f64 / began.elapsed().as_secs_f64().max(1e-9);
     let m = marks.lock().map(|m| m.clone()).unwrap_or_default();
@@ -172,6 +179,55 @@ async fn backend(s: &Shape) -> Result<Option<Arc<dyn taskgraph_runtime::Store>>,
             "--store etcd needs the etcd feature (`cargo xtask bench` builds with it)".into(),
         )),
     }
+}
+
+/// The bound a store puts on the epoch rate: `n` compare-and-swaps of one
+/// key in a row, each waiting for the one before, as the root's epoch
+/// advance does. Compare-and-swaps per second.
+async fn cas_run(store: &dyn taskgraph_runtime::Store, n: u64) -> Result<f64, Failure> {
+    use taskgraph_core::store::{Compare, StoreOp, StoreResponse, TxnOp};
+    let key = format!("bench-cas-{}", std::process::id());
+    let put = |v: u64| TxnOp::Put {
+        key: key.clone(),
+        value: Bytes::from(v.to_be_bytes().to_vec()),
+        lease: 0,
+    };
+    let fail = |e| Failure::Run(format!("compare-and-swap: {e}"));
+    let first = store
+        .execute(StoreOp::Txn {
+            compares: vec![],
+            success: vec![put(0)],
+            failure: vec![],
+        })
+        .await
+        .map_err(fail)?;
+    let StoreResponse::Txn { mut revision, .. } = first else {
+        return Err(Failure::Run(format!("unexpected answer {first:?}")));
+    };
+    let began = Instant::now();
+    for i in 1..=n {
+        let r = store
+            .execute(StoreOp::Txn {
+                compares: vec![Compare::mod_revision_eq(key.clone(), revision)],
+                success: vec![put(i)],
+                failure: vec![],
+            })
+            .await
+            .map_err(fail)?;
+        match r {
+            StoreResponse::Txn {
+                succeeded: true,
+                revision: next,
+                ..
+            } => revision = next,
+            other => {
+                return Err(Failure::Run(format!(
+                    "compare-and-swap {i} failed: {other:?}"
+                )))
+            }
+        }
+    }
+    Ok(n as f64 / began.elapsed().as_secs_f64().max(1e-9))
 }
 
 /// The same rounds over plain TCP: the root sends "go" down the tree, every
@@ -263,7 +319,7 @@ async fn raw_task(
 /// `taskgraph-bench epochs`.
 pub async fn run(args: &Args) -> Result<(), Failure> {
     args.only(&[
-        "tasks", "fanout", "standbys", "epochs", "meta", "runs", "store",
+        "tasks", "fanout", "standbys", "epochs", "meta", "runs", "store", "ttl",
     ])?;
     let store = args.get("store").unwrap_or("embedded");
     // A real etcd for the job to coordinate through, started here.
@@ -283,6 +339,9 @@ pub async fn run(args: &Args) -> Result<(), Failure> {
         epochs: args.num("epochs", 3000)?,
         meta: usize::try_from(args.num("meta", 1024)?).map_err(|e| e.to_string())?,
         etcd: etcd.as_ref().map(|e| e.endpoint.clone()),
+        ttl: Duration::from_secs(args.num("ttl", 2)?.max(1)),
+        sessions_lost: None,
+        limit: Duration::from_secs(300),
     };
     let runs = args.num("runs", 3)?.max(1);
     if s.tasks == 0 || s.fanout == 0 || s.epochs < 2 {
@@ -309,6 +368,11 @@ pub async fn run(args: &Args) -> Result<(), Failure> {
         raw.push(raw_run(&s).await?);
     }
     let (tg, raw) = (median(&mut tg), median(&mut raw));
+    // With etcd, the store's own compare-and-swap rate: an epoch needs one.
+    let cas = match backend(&s).await? {
+        Some(store) if s.etcd.is_some() => Some(cas_run(store.as_ref(), s.epochs).await?),
+        _ => None,
+    };
     println!("| system | epochs/s | store writes/epoch | lease keep-alives/s |");
     println!("|---|---|---|---|");
     println!(
@@ -322,7 +386,18 @@ pub async fn run(args: &Args) -> Result<(), Failure> {
         median(&mut keepalives)
     );
     println!("| raw tokio TCP tree (no store, no failover) | {raw:.0} | 0 | 0 |");
+    if let Some(cas) = cas {
+        println!(
+            "| etcd alone: compare-and-swaps of one key in a row, per s | {cas:.0} | 1.00 | 0 |"
+        );
+    }
     println!("ratio taskgraph / raw TCP: {:.2}", tg / raw.max(1e-9));
+    if let Some(cas) = cas {
+        println!(
+            "ratio taskgraph / etcd's compare-and-swap rate (the bound of one CAS per epoch): {:.2}",
+            tg / cas.max(1e-9)
+        );
+    }
     drop(etcd);
     Ok(())
 }
@@ -339,15 +414,29 @@ fn rss() -> Option<u64> {
 /// (every node its own TCP listener, one embedded store): epoch time and
 /// memory per task.
 pub async fn scale(args: &Args) -> Result<(), Failure> {
-    args.only(&["epochs", "standbys"])?;
+    args.only(&["epochs", "standbys", "ttl", "tasks", "limit"])?;
+    let limit = Duration::from_secs(args.num("limit", 300)?.max(1));
     let epochs = args.num("epochs", 100)?.max(20);
     let standbys = u32::try_from(args.num("standbys", 1)?).map_err(|e| e.to_string())?;
+    let ttl = Duration::from_secs(args.num("ttl", 2)?.max(1));
+    let sizes: Vec<u32> = match args.get("tasks") {
+        Some(list) => list
+            .split(',')
+            .map(|t| {
+                t.trim()
+                    .parse::<u32>()
+                    .map_err(|e| format!("--tasks {list}: {e}"))
+            })
+            .collect::<Result<_, _>>()?,
+        None => vec![15, 255, 1023],
+    };
     println!(
         "scale: tree aggregation (fanout 2, {standbys} standby each, 1 KiB meta), {epochs} epochs, one process, loopback, embedded store"
     );
-    println!("| tasks | nodes | epochs/s | ms per epoch | store writes/epoch | peak RSS growth per task |");
-    println!("|---|---|---|---|---|---|");
-    for tasks in [15u32, 255, 1023] {
+    println!("| tasks | nodes | TTL | epochs/s | ms per epoch | store writes/epoch | peak RSS growth per task | sessions lost |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for tasks in sizes {
+        let lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let before = rss().unwrap_or(0);
         let peak = Arc::new(std::sync::atomic::AtomicU64::new(before));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -367,6 +456,9 @@ pub async fn scale(args: &Args) -> Result<(), Failure> {
             epochs,
             meta: 1024,
             etcd: None,
+            ttl,
+            sessions_lost: Some(lost.clone()),
+            limit,
         };
         let r = taskgraph_run(&s, u64::from(tasks) + 1000).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -375,8 +467,9 @@ pub async fn scale(args: &Args) -> Result<(), Failure> {
             Ok(x) => x,
             Err(Failure::Run(e)) => {
                 println!(
-                    "| {tasks} | {} | did not finish: {e} | | | |",
-                    u64::from(tasks) * u64::from(1 + standbys)
+                    "| {tasks} | {} | {ttl:?} | did not finish: {e} | | | | {} |",
+                    u64::from(tasks) * u64::from(1 + standbys),
+                    lost.load(std::sync::atomic::Ordering::Relaxed)
                 );
                 continue;
             }
@@ -386,10 +479,11 @@ pub async fn scale(args: &Args) -> Result<(), Failure> {
             .load(std::sync::atomic::Ordering::Relaxed)
             .saturating_sub(before);
         println!(
-            "| {tasks} | {} | {rate:.0} | {:.2} | {writes:.2} | {:.0} KiB |",
+            "| {tasks} | {} | {ttl:?} | {rate:.0} | {:.2} | {writes:.2} | {:.0} KiB | {} |",
             u64::from(tasks) * u64::from(1 + standbys),
             1000.0 / rate.max(1e-9),
-            growth as f64 / 1024.0 / f64::from(tasks)
+            growth as f64 / 1024.0 / f64::from(tasks),
+            lost.load(std::sync::atomic::Ordering::Relaxed)
         );
     }
     Ok(())

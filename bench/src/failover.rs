@@ -267,7 +267,7 @@ fn failover(job: &mut Job, task: u32, sig: &str) -> Result<Sample, Failure> {
     let died = after(&events, &|x| {
         x.starts_with("NeighbourDied") && x.contains(&neighbour)
     });
-    if sig == "-KILL" && restarted.is_none_or(|r| r > SLOW_MS) {
+    if sig == "-KILL" && restarted.map_or(true, |r| r > SLOW_MS) {
         // Which way the death was found: a revocation on evidence names the
         // victim; without one the lease had to expire.
         let gone = format!("PeerGone {{ node: NodeId({victim}),");

@@ -25,16 +25,19 @@ Benchmarks:
              --tasks N (15)  --fanout N (2)  --standbys N (1)  --epochs N (3000)
              --meta BYTES (1024)  --runs N (3)
              --store embedded|etcd (embedded; etcd: a real etcd started here)
+             --ttl SECS (2)
   data     request_data of large payloads between two nodes, vs raw TCP
              --mib N (4)  --rounds N (50)  --runs N (3)
-  failover SIGKILL / SIGTERM of a primary process on a real etcd (TTL 2 s),
-           vs etcd's own lock handing over after a SIGKILL of its holder
-             --kills N (30)  --stops N (10)  --locks N (30)
+  failover SIGKILL / SIGTERM / SIGSTOP of a primary process on a real etcd
+           (TTL 2 s), vs etcd's own lock handing over after a SIGKILL of
+           its holder
+             --kills N (30)  --stops N (10)  --freezes N (10)  --locks N (30)
              --tree-sum PATH (the tree_sum example built with --features etcd;
              default: examples/tree_sum next to this binary)
   scale    The aggregation with 15, 255 and 1,023 tasks in one process:
            epoch time, store writes, memory per task
-             --epochs N (100)  --standbys N (1)
+             --epochs N (100)  --standbys N (1)  --ttl SECS (2)
+             --tasks LIST (15,255,1023)  --limit SECS (300, per size)
   all      Every benchmark but scale, with its defaults";
 
 /// `--name value` options.

@@ -126,8 +126,33 @@ pub enum WireError {
 
 /// Encodes a message.
 pub fn encode(msg: &Envelope) -> Bytes {
-    // Serializing into a Vec cannot fail for these types.
-    Bytes::from(postcard::to_allocvec(msg).unwrap_or_default())
+    Bytes::from(encode_after(Vec::new(), msg))
+}
+
+/// Appends the encoding of `msg` to `buf` (a frame header, say), reserving
+/// room for it first, so that a large payload is copied once.
+pub fn encode_after(mut buf: Vec<u8>, msg: &Envelope) -> Vec<u8> {
+    buf.reserve(size_hint(msg));
+    let start = buf.len();
+    // Serializing into a Vec cannot fail for these types; should it, the
+    // message is sent empty and the receiver drops it as malformed.
+    postcard::to_extend(msg, buf).unwrap_or_else(|_| vec![0; start])
+}
+
+/// A little more than the encoded size of `msg`: its payload plus room for
+/// the fixed fields.
+fn size_hint(msg: &Envelope) -> usize {
+    let payload = match &msg.body {
+        Body::Meta { meta: b, .. }
+        | Body::Request { req: b, .. }
+        | Body::Replica { data: b, .. } => b.len(),
+        Body::Response {
+            result: Reply::Data(b),
+            ..
+        } => b.len(),
+        Body::Response { .. } => 0,
+    };
+    payload + 96
 }
 
 /// Decodes a message; any input yields a value or an error, never a panic.

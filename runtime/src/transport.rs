@@ -114,9 +114,12 @@ fn frame(kind: u8, body: &[u8]) -> Bytes {
     b.freeze()
 }
 
-/// Encodes a message frame.
+/// Encodes a message frame, copying the payload once.
 pub fn message_frame(msg: &Envelope) -> Bytes {
-    frame(MSG, &wire::encode(msg))
+    let mut f = wire::encode_after(vec![0, 0, 0, 0, MSG], msg);
+    let len = u32::try_from(f.len() - 4).unwrap_or(u32::MAX);
+    f[..4].copy_from_slice(&len.to_be_bytes());
+    Bytes::from(f)
 }
 
 fn hello_frame(h: &Hello) -> Bytes {

@@ -19,14 +19,15 @@ impl State {
     /// Delivers queued watch responses; forgets watchers that went away.
     fn fan_out(&mut self) {
         while let Some(resp) = self.store.poll_watch_response() {
-            let gone = match self.watchers.get(&resp.watch) {
-                Some(tx) => tx.send(resp.clone()).is_err(),
+            let (watch, canceled) = (resp.watch, resp.canceled);
+            let gone = match self.watchers.get(&watch) {
+                Some(tx) => tx.send(resp).is_err(),
                 None => false,
             };
-            if gone || resp.canceled {
-                self.watchers.remove(&resp.watch);
+            if gone || canceled {
+                self.watchers.remove(&watch);
                 if gone {
-                    self.store.cancel_watch(resp.watch);
+                    self.store.cancel_watch(watch);
                 }
             }
         }
