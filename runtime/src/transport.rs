@@ -32,7 +32,7 @@ const MAGIC: u32 = 0x5447_5246; // "TGRF"
 /// The first frame each side sends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
-    /// Always [`MAGIC`]: not taskgraph otherwise.
+    /// Always `0x5447_5246` ("TGRF"): not taskgraph otherwise.
     pub magic: u32,
     /// The sender's protocol version.
     pub version: u32,

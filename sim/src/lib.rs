@@ -2,7 +2,7 @@
 //! in madsim's deterministic world, plus an exhaustive small-scope explorer
 //! on the core's in-memory harness.
 //!
-//! - [`world`] (only with `--cfg madsim`): one simulated machine per node
+//! - `world` (only with `--cfg madsim`): one simulated machine per node
 //!   and one for the store; seeded faults (crashes, partitions, one-way
 //!   cuts, store cuts and outages, pauses, message delay); every event
 //!   checked against the store at that instant; a 128-bit trace hash per run.

@@ -190,8 +190,10 @@ pub struct NodeStats {
     pub peers_revoked: u64,
 }
 
-/// One member of a job, as a sans-IO state machine. See the [module
-/// docs](self) for how to drive it: **drain every action after every input.**
+/// One member of a job, as a sans-IO state machine. Feed it inputs with the
+/// `handle_*` methods and, **after every input, drain every action**
+/// ([`Node::poll_action`] until `None`), then arm one timer for
+/// [`Node::poll_timeout`].
 pub struct Node {
     cfg: NodeConfig,
     keys: Keys,

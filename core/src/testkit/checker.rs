@@ -87,7 +87,8 @@ pub struct Delivered {
     pub dropped: u64,
 }
 
-/// Checks the contract over a cluster's events. See the [module docs](self).
+/// Checks the contract over a cluster's events, each against the store as
+/// it is at that instant.
 #[derive(Debug)]
 pub struct Checker {
     keys: Keys,
@@ -532,7 +533,7 @@ impl Checker {
     }
 
     /// End-of-run completeness: every primary that stayed primary for
-    /// [`GRACE`] after a neighbour's death reported it (S4), and after the
+    /// `GRACE` after a neighbour's death reported it (S4), and after the
     /// neighbour's new primary appeared, its restart (S5).
     pub fn finish(&mut self, now: Instant) {
         let mut missing = Vec::new();
