@@ -16,6 +16,9 @@
 //! # stops a node cleanly (it revokes its lease, so a successor takes over
 //! # at once):
 //! cargo run --release --features etcd --example tree_sum -- --node 3 --etcd http://127.0.0.1:2379
+//! # with TASKGRAPH_JOB_SECRET set (the same in every process), peers that
+//! # do not know the secret are refused:
+//! TASKGRAPH_JOB_SECRET=… cargo run --release --example tree_sum
 //! ```
 
 // A driver reads the wall clock for its own reports; the core never does.
@@ -141,7 +144,12 @@ fn options(args: &Args, id: u64) -> Result<NodeOptions, String> {
         .listen
         .parse()
         .map_err(|e| format!("--listen {}: {e}", args.listen))?;
-    Ok(NodeOptions::new(cfg, listen))
+    let mut opts = NodeOptions::new(cfg, listen);
+    // Nodes of one job that share a secret refuse peers that do not know it.
+    use taskgraph::runtime::auth::JobSecret;
+    opts.secret =
+        JobSecret::from_env(JobSecret::ENV).map_err(|e| format!("{}: {e}", JobSecret::ENV))?;
+    Ok(opts)
 }
 
 async fn start(

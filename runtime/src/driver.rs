@@ -35,6 +35,10 @@ pub struct NodeOptions {
     pub connect_timeout: Duration,
     /// Upper bound of any store call (the backends have their own too).
     pub op_timeout: Duration,
+    /// The job's shared secret: peers that do not prove they know it are
+    /// refused before any of their frames reaches the core
+    /// ([`crate::auth`]). Every node of a job needs the same one (or none).
+    pub secret: Option<crate::auth::JobSecret>,
 }
 
 impl NodeOptions {
@@ -46,6 +50,7 @@ impl NodeOptions {
             heartbeat: Duration::from_millis(300),
             connect_timeout: Duration::from_secs(1),
             op_timeout: Duration::from_secs(3),
+            secret: None,
         }
     }
 }
@@ -264,6 +269,7 @@ async fn run_on(
         job: wire::job_tag(&opts.config.job),
         heartbeat: opts.heartbeat,
         connect_timeout: opts.connect_timeout,
+        secret: opts.secret.clone(),
     };
     let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Input>();
     let (tr_tx, mut tr_rx) = mpsc::unbounded_channel::<TransportEvent>();

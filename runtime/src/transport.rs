@@ -4,9 +4,16 @@
 //! ```text
 //! frame := len: u32 (big endian, of kind + body) | kind: u8 | body
 //! kind 1 HELLO  body = postcard(Hello)          first frame each way
+//! kind 4 AUTH   body = HMAC proof (32 bytes)    second frame each way
 //! kind 2 MSG    body = wire::encode(Envelope)   connector -> acceptor only
 //! kind 3 BEAT   body = empty                    both ways, every heartbeat
 //! ```
+//!
+//! The connector sends HELLO; the acceptor answers HELLO and its AUTH; the
+//! connector checks that proof, then sends its own AUTH, which the acceptor
+//! checks before it passes any message on (see [`crate::auth`]). A peer that
+//! fails is dropped with a warning, and its failure is never taken as
+//! evidence about the process it claimed to be.
 //!
 //! Each node opens one connection per peer it sends to; messages flow from
 //! connector to acceptor, heartbeats both ways. Either side closes a
@@ -14,6 +21,7 @@
 //! then reports the peer disconnected to the core, which reconnects with
 //! backoff and resends.
 
+use crate::auth::{self, Challenge, JobSecret, Side};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -27,6 +35,7 @@ use tokio::sync::mpsc;
 const HELLO: u8 = 1;
 const MSG: u8 = 2;
 const BEAT: u8 = 3;
+const AUTH: u8 = 4;
 const MAGIC: u32 = 0x5447_5246; // "TGRF"
 
 /// The first frame each side sends.
@@ -42,6 +51,8 @@ pub struct Hello {
     pub node: NodeId,
     /// Its session.
     pub session: SessionId,
+    /// A fresh nonce: the challenge the other side's proof must answer.
+    pub nonce: u128,
 }
 
 /// Timing and identity of one node's transport.
@@ -55,6 +66,9 @@ pub struct TransportConfig {
     pub heartbeat: Duration,
     /// Time allowed to open a connection and shake hands.
     pub connect_timeout: Duration,
+    /// The job's shared secret (`None`: the job has none, and peers prove
+    /// with an empty key).
+    pub secret: Option<JobSecret>,
 }
 
 /// What the transport tells the node's event loop.
@@ -85,6 +99,9 @@ pub enum FrameError {
     /// The peer's host refused the connection: nothing listens at the address.
     #[error("connection refused: {0}")]
     Refused(std::io::Error),
+    /// The peer did not prove it knows the job's secret.
+    #[error("authentication failed: {0}")]
+    Auth(#[from] crate::auth::AuthError),
     /// The address answered as the expected node, but with another session.
     #[error("the peer answered with session {found}, not {expected}")]
     OtherSession {
@@ -225,9 +242,25 @@ async fn serve_inbound(
         job: cfg.job,
         node: cfg.node,
         session: *session.borrow(),
+        nonce: auth::nonce(),
+    };
+    let challenge = Challenge {
+        job: cfg.job,
+        connector: (hello.node, hello.nonce),
+        acceptor: (cfg.node, me.nonce),
     };
     wr.write_all(&hello_frame(&me)).await?;
+    let mine = auth::proof(cfg.secret.as_ref(), Side::Acceptor, &challenge);
+    wr.write_all(&frame(AUTH, &mine)).await?;
     wr.flush().await?;
+    // Nothing from the peer reaches the core before its proof checks out.
+    let (kind, body) = tokio::time::timeout(cfg.connect_timeout, read_frame(&mut rd))
+        .await
+        .map_err(|_| FrameError::Silent(cfg.connect_timeout))??;
+    if kind != AUTH {
+        return Err(FrameError::Auth(auth::AuthError::BadProof));
+    }
+    auth::verify(cfg.secret.as_ref(), Side::Connector, &challenge, &body)?;
     // Heartbeats go out from their own task, so that reading is never
     // interrupted halfway through a frame (read_frame is not cancel-safe).
     let beat_every = cfg.heartbeat;
@@ -381,19 +414,39 @@ async fn outbound(
         job: cfg.job,
         node: cfg.node,
         session,
+        nonce: auth::nonce(),
     };
     wr.write_all(&hello_frame(&me)).await?;
     wr.flush().await?;
-    let (kind, body) = tokio::time::timeout(cfg.connect_timeout, read_frame(&mut rd))
+    let handshake = async {
+        let (kind, body) = read_frame(&mut rd).await?;
+        let theirs = check_hello(cfg, kind, &body)?;
+        let (kind, proof) = read_frame(&mut rd).await?;
+        Ok::<_, FrameError>((theirs, kind, proof))
+    };
+    let (theirs, kind, proof) = tokio::time::timeout(cfg.connect_timeout, handshake)
         .await
         .map_err(|_| FrameError::Silent(cfg.connect_timeout))??;
-    let theirs = check_hello(cfg, kind, &body)?;
     if theirs.node != peer {
         return Err(FrameError::Protocol(format!(
             "expected node {peer}, reached {}",
             theirs.node
         )));
     }
+    // Only an authenticated peer's answer counts as evidence about the
+    // session below.
+    let challenge = Challenge {
+        job: cfg.job,
+        connector: (cfg.node, me.nonce),
+        acceptor: (peer, theirs.nonce),
+    };
+    if kind != AUTH {
+        return Err(FrameError::Auth(auth::AuthError::BadProof));
+    }
+    auth::verify(cfg.secret.as_ref(), Side::Acceptor, &challenge, &proof)?;
+    let mine = auth::proof(cfg.secret.as_ref(), Side::Connector, &challenge);
+    wr.write_all(&frame(AUTH, &mine)).await?;
+    wr.flush().await?;
     if theirs.session != target.session {
         return Err(FrameError::OtherSession {
             expected: target.session,
