@@ -42,16 +42,52 @@ pub struct NodeOptions {
 }
 
 impl NodeOptions {
-    /// Options with the runtime's defaults around a core configuration.
+    /// Options with the runtime's defaults around a core configuration
+    /// (set its `ttl` first: the store-call bound is 3 s or the TTL,
+    /// whichever is shorter).
     pub fn new(config: NodeConfig, listen: SocketAddr) -> Self {
+        let op_timeout = config.ttl.min(Duration::from_secs(3));
         NodeOptions {
             config,
             listen,
             heartbeat: Duration::from_millis(300),
             connect_timeout: Duration::from_secs(1),
-            op_timeout: Duration::from_secs(3),
+            op_timeout,
             secret: None,
         }
+    }
+
+    /// Checks the timing relations between these options and the core's
+    /// (whose own relations [`NodeConfig::validate`] checks):
+    /// - heartbeat, connect timeout and store-call bound are not zero;
+    /// - three heartbeats (the silence after which a connection is dropped)
+    ///   fit in the TTL, so a dead connection is noticed before the lease of
+    ///   the node behind it runs out;
+    /// - the store-call bound and the connect timeout fit in the TTL, so a
+    ///   hung call is given up while the lease can still be renewed.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        self.config.validate().map_err(NodeError::from)?;
+        let ttl = self.config.ttl;
+        let bad = |what: String| Err(RuntimeError::Options(what));
+        if self.heartbeat.is_zero() || self.connect_timeout.is_zero() || self.op_timeout.is_zero() {
+            return bad(format!(
+                "heartbeat {:?}, connect_timeout {:?} and op_timeout {:?} must all be > 0",
+                self.heartbeat, self.connect_timeout, self.op_timeout
+            ));
+        }
+        if self.heartbeat * 3 >= ttl {
+            return bad(format!(
+                "three heartbeats ({:?}) must be shorter than the ttl {ttl:?}",
+                self.heartbeat * 3
+            ));
+        }
+        if self.op_timeout > ttl || self.connect_timeout > ttl {
+            return bad(format!(
+                "op_timeout {:?} and connect_timeout {:?} must not exceed the ttl {ttl:?}",
+                self.op_timeout, self.connect_timeout
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -81,6 +117,9 @@ pub enum RuntimeError {
         /// The error.
         source: std::io::Error,
     },
+    /// The runtime's options break a timing relation.
+    #[error("invalid node options: {0}")]
+    Options(String),
     /// The job's stored spec differs from this node's (or another refusal).
     #[error("refused to join: {0}")]
     Refused(String),
@@ -148,6 +187,7 @@ pub async fn spawn_node(
     builder: Box<dyn TaskBuilder>,
     events: Option<EventSink>,
 ) -> Result<NodeHandle, RuntimeError> {
+    opts.validate()?;
     let listener = TcpListener::bind(opts.listen)
         .await
         .map_err(|source| RuntimeError::Listen {

@@ -14,5 +14,5 @@ pub use driver::{
     Shutdown,
 };
 #[cfg(feature = "etcd")]
-pub use store::etcd::{EtcdOptions, EtcdStore};
+pub use store::etcd::{EtcdCredentials, EtcdOptions, EtcdStore};
 pub use store::{serve_store, MemStoreServer, RemoteStore, Store, StoreFuture, WatchStream};

@@ -210,3 +210,37 @@ async fn s6_a_panicking_task_revokes_its_lease_so_failover_is_immediate() {
         n.shutdown.stop();
     }
 }
+
+#[tokio::test]
+async fn s19_options_that_break_a_timing_relation_are_a_clear_error_before_anything_starts() {
+    let opts = || {
+        let cfg = NodeConfig::new(NodeId(1), "options", "", 1, 0);
+        NodeOptions::new(cfg, "127.0.0.1:0".parse().expect("addr"))
+    };
+    let start = |o: NodeOptions| async move {
+        let store: Arc<dyn Store> = Arc::new(MemStoreServer::new());
+        let topo = Arc::new(TreeTopology::new(2, 1).expect("tree"));
+        let builder = TreeSumBuilder::new(1, 1, Results::default());
+        spawn_node(o, store, topo, Box::new(builder), None)
+            .await
+            .map(|h| h.shutdown.stop())
+    };
+    assert!(opts().validate().is_ok(), "the defaults hold");
+    let mut slow_beats = opts();
+    slow_beats.heartbeat = Duration::from_millis(700);
+    let mut long_calls = opts();
+    long_calls.op_timeout = Duration::from_secs(5);
+    let mut no_beats = opts();
+    no_beats.heartbeat = Duration::ZERO;
+    let mut bad_core = opts();
+    bad_core.config.renew_interval = bad_core.config.ttl;
+    for (o, says) in [
+        (slow_beats, "three heartbeats"),
+        (long_calls, "op_timeout"),
+        (no_beats, "must all be > 0"),
+        (bad_core, "renew_interval"),
+    ] {
+        let err = start(o).await.expect_err("refused").to_string();
+        assert!(err.contains(says), "{err:?} does not say {says:?}");
+    }
+}

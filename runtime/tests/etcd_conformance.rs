@@ -486,6 +486,7 @@ fn silent_endpoint_times_out() {
     let options = EtcdOptions {
         op_timeout: Duration::from_millis(500),
         connect_timeout: Duration::from_millis(500),
+        ..EtcdOptions::default()
     };
     let rt = runtime();
     let started = Instant::now();
@@ -506,4 +507,67 @@ fn silent_endpoint_times_out() {
         "connect to a silent endpoint took {elapsed:?}"
     );
     drop(listener);
+}
+
+/// An etcd with authentication enabled: the right user and password work,
+/// a wrong password or none is a clear error, and the password never shows
+/// in the options' `Debug`.
+#[test]
+fn etcd_with_authentication_needs_the_right_credentials() {
+    use taskgraph_runtime::EtcdCredentials;
+    let server = EtcdServer::start();
+    let endpoint = server.endpoints[0].clone();
+    let etcdctl = |args: &[&str]| {
+        let out = std::process::Command::new("etcdctl")
+            .args(["--endpoints", &endpoint])
+            .args(args)
+            .output()
+            .expect("etcdctl runs (Debian package etcd-client; `cargo xtask test` installs it)");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    etcdctl(&["role", "add", "root"]);
+    etcdctl(&["user", "add", "root:open-sesame"]);
+    etcdctl(&["user", "grant-role", "root", "root"]);
+    etcdctl(&["auth", "enable"]);
+    let with = |password: Option<&str>| EtcdOptions {
+        credentials: password.map(|p| EtcdCredentials {
+            user: "root".into(),
+            password: p.into(),
+        }),
+        ..test_options()
+    };
+    let good = with(Some("open-sesame"));
+    assert!(
+        !format!("{good:?}").contains("open-sesame"),
+        "the password shows in {good:?}"
+    );
+    let rt = runtime();
+    let store = rt
+        .block_on(EtcdStore::connect(std::slice::from_ref(&endpoint), good))
+        .expect("the right credentials connect");
+    let put = StoreOp::Put {
+        key: "auth-check".into(),
+        value: bytes::Bytes::from_static(b"v"),
+        lease: 0,
+    };
+    assert!(
+        rt.block_on(store.execute(put)).is_ok(),
+        "an authenticated write works"
+    );
+    for (what, options) in [
+        ("a wrong password", with(Some("guess"))),
+        ("no credentials", with(None)),
+    ] {
+        match rt.block_on(EtcdStore::connect(std::slice::from_ref(&endpoint), options)) {
+            Err(StoreError::Unavailable(m)) => {
+                eprintln!("{what}: {m}");
+                assert!(!m.contains("open-sesame"));
+            }
+            other => panic!("{what} answered {other:?}"),
+        }
+    }
 }

@@ -48,6 +48,8 @@ pub struct EtcdOptions {
     pub op_timeout: Duration,
     /// Bound on opening a TCP connection to an endpoint.
     pub connect_timeout: Duration,
+    /// User and password, for an etcd with authentication enabled.
+    pub credentials: Option<EtcdCredentials>,
 }
 
 impl Default for EtcdOptions {
@@ -55,7 +57,26 @@ impl Default for EtcdOptions {
         EtcdOptions {
             op_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
+            credentials: None,
         }
+    }
+}
+
+/// An etcd user and its password. Its `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdCredentials {
+    /// The etcd user.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdCredentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
     }
 }
 
@@ -151,6 +172,10 @@ impl EtcdStore {
             )
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
+        let connect_options = match &options.credentials {
+            Some(c) => connect_options.with_user(c.user.clone(), c.password.clone()),
+            None => connect_options,
+        };
         let setup = async {
             let client = etcd_client::Client::connect(endpoints, Some(connect_options)).await?;
             let mut kv = client
