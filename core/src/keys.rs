@@ -63,8 +63,16 @@ impl Keys {
             Key::Failures(t) => format!("{p}failures/{}", t.0),
         }
     }
-    /// Parses a full key; `None` for keys outside the layout.
+    /// Parses a full key; `None` for keys outside the layout, and for keys
+    /// that only spell one (`tasks/007/primary`, `nodes/+3`): a key parses
+    /// only if it is exactly the key [`Keys::key`] writes, so two store keys
+    /// never stand for the same record.
     pub fn parse(&self, full: &str) -> Option<Key> {
+        let k = self.parse_loose(full)?;
+        (self.key(k) == full).then_some(k)
+    }
+
+    fn parse_loose(&self, full: &str) -> Option<Key> {
         let rest = full.strip_prefix(self.prefix.as_str())?;
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
@@ -148,4 +156,39 @@ pub fn decode_epoch(key: &str, value: &[u8]) -> Result<Epoch, ValueError> {
             key: key.to_string(),
             reason: "not a canonical decimal u64".into(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Key, Keys};
+    use crate::{NodeId, TaskId};
+
+    #[test]
+    fn every_key_parses_back_and_only_its_own_spelling_does() {
+        let keys = Keys::new("taskgraph", "job");
+        for k in [
+            Key::Config,
+            Key::Epoch,
+            Key::Exit,
+            Key::Node(NodeId(3)),
+            Key::Failures(TaskId(2)),
+            Key::Primary(TaskId(5)),
+            Key::Standby(TaskId(5), 0),
+        ] {
+            assert_eq!(keys.parse(&keys.key(k)), Some(k));
+        }
+        // Found by the key_parse fuzz target: leading zeros and signs used
+        // to parse, so two store keys could stand for one record.
+        let p = keys.prefix().to_string();
+        for other in [
+            "tasks/000005/standby/00",
+            "tasks/5/standby/+0",
+            "nodes/+3",
+            "failures/02",
+            "tasks/5/primary/",
+            "epoch/",
+        ] {
+            assert_eq!(keys.parse(&format!("{p}{other}")), None, "{other}");
+        }
+    }
 }

@@ -15,8 +15,9 @@ Commands:
           etcd-client, protobuf-compiler; as root), then run every check CI
           runs, in order, stopping at the first failure: formatting, clippy,
           the examples, all tests (real etcd and real processes included), doc tests,
-          the simulation tests (the runtime under madsim) and a 500-seed
-          simulation sweep of the default scenario
+          the simulation tests (the runtime under madsim), a 500-seed
+          simulation sweep of the default scenario, and every fuzz target
+          for 10 s from its committed corpus
   sim     Build the simulator with --cfg madsim (release, own target
           directory target/madsim-release) and run it: `cargo xtask sim
           sweep --seeds 1000`, `cargo xtask sim replay --seed 7 --trace
@@ -25,6 +26,12 @@ Commands:
           against its baseline: `cargo xtask bench all`, `cargo xtask bench
           epochs --tasks 63` (`cargo xtask bench help`); results and commands
           are kept in BENCHMARKS.md
+  fuzz    Run every fuzz target (fuzz/, cargo-fuzz on stable: `-s none`;
+          cargo-fuzz is installed when missing) for --secs N seconds each
+          (default 60), or only the targets named: `cargo xtask fuzz --secs
+          600 wire_decode`. New inputs go to fuzz/target/corpus/, the seeds
+          in fuzz/corpus/ stay as committed; a crash fails with its input in
+          fuzz/artifacts/
   help    Print this message";
 
 /// One step of a command: a program and its arguments, run from the
@@ -145,7 +152,19 @@ const TEST_STEPS: &[Step] = &[
         ],
         env: &[("RUSTFLAGS", "--cfg madsim")],
     },
+    Step {
+        // Every fuzz target for a short while from its committed corpus
+        // (which holds the inputs of every bug a target found).
+        name: "fuzz smoke",
+        program: "cargo",
+        args: &["xtask", "fuzz", "--secs", "10"],
+        env: &[],
+    },
 ];
+
+/// The fuzz targets in `fuzz/fuzz_targets/`, each with its seed corpus in
+/// `fuzz/corpus/NAME/`.
+const FUZZ_TARGETS: &[&str] = &["wire_decode", "store_values", "key_parse"];
 
 /// Debian packages the tests need: etcd (server and etcdctl) for the
 /// real-etcd and real-process tests, protoc to build the etcd client.
@@ -182,6 +201,7 @@ fn main() -> ExitCode {
         }
         Some("sim") => run_sim(&args[1..]),
         Some("bench") => run_bench(&args[1..]),
+        Some("fuzz") => run_fuzz(&args[1..]),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             Ok(())
@@ -257,6 +277,87 @@ fn run_bench(args: &[String]) -> Result<(), Failure> {
         &[],
         args,
     )
+}
+
+/// `cargo xtask fuzz [--secs N] [TARGET ...]`.
+fn run_fuzz(args: &[String]) -> Result<(), Failure> {
+    let usage = |m: String| Failure {
+        message: format!("{m}\n\n{USAGE}"),
+        code: 2,
+    };
+    let mut secs: u64 = 60;
+    let mut targets: Vec<&str> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--secs" {
+            secs = it
+                .next()
+                .and_then(|v| v.parse().ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| usage("--secs needs a number of seconds above 0".into()))?;
+        } else if let Some(t) = FUZZ_TARGETS.iter().find(|t| **t == a.as_str()) {
+            targets.push(t);
+        } else {
+            return Err(usage(format!(
+                "unknown fuzz target or option `{a}` (targets: {})",
+                FUZZ_TARGETS.join(", ")
+            )));
+        }
+    }
+    if targets.is_empty() {
+        targets = FUZZ_TARGETS.to_vec();
+    }
+    ensure_cargo_fuzz()?;
+    let dir = workspace_root().join("fuzz");
+    for t in targets {
+        // libFuzzer adds what it finds to the first corpus directory: a
+        // scratch one, so that the committed seeds stay as they are.
+        let scratch = dir.join("target").join("corpus").join(t);
+        std::fs::create_dir_all(&scratch)
+            .map_err(|e| Failure::new(format!("cannot create {}: {e}", scratch.display())))?;
+        let seeds = dir.join("corpus").join(t);
+        let shown = format!("cargo fuzz run -s none {t} (for {secs} s)");
+        println!("\n==> {shown}");
+        let status = Command::new(cargo())
+            .args(["fuzz", "run", "-s", "none", t])
+            .arg(&scratch)
+            .arg(&seeds)
+            .arg("--")
+            .arg(format!("-max_total_time={secs}"))
+            .current_dir(&dir)
+            .status()
+            .map_err(|err| Failure::new(format!("could not run `{shown}`: {err}")))?;
+        if !status.success() {
+            return Err(Failure::new(format!(
+                "fuzz target {t} failed with {status}; the input is in fuzz/artifacts/{t}/"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Installs cargo-fuzz with `cargo install --locked` when `cargo fuzz` is
+/// missing.
+fn ensure_cargo_fuzz() -> Result<(), Failure> {
+    let present = Command::new(cargo())
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    println!("\n==> cargo install cargo-fuzz --locked");
+    let status = Command::new(cargo())
+        .args(["install", "cargo-fuzz", "--locked"])
+        .status()
+        .map_err(|err| Failure::new(format!("could not run cargo install: {err}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Failure::new(format!(
+            "installing cargo-fuzz failed with {status}"
+        )))
+    }
 }
 
 /// `cargo run --release --quiet SELECT -- ARGS` from the workspace root with
