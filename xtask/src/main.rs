@@ -164,7 +164,13 @@ const TEST_STEPS: &[Step] = &[
 
 /// The fuzz targets in `fuzz/fuzz_targets/`, each with its seed corpus in
 /// `fuzz/corpus/NAME/`.
-const FUZZ_TARGETS: &[&str] = &["wire_decode", "store_values", "key_parse", "memstore_ops"];
+const FUZZ_TARGETS: &[&str] = &[
+    "wire_decode",
+    "store_values",
+    "key_parse",
+    "memstore_ops",
+    "node_inputs",
+];
 
 /// Debian packages the tests need: etcd (server and etcdctl) for the
 /// real-etcd and real-process tests, protoc to build the etcd client.
