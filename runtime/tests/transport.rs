@@ -35,6 +35,47 @@ async fn job_with_secret(results: &Results, secret: Option<JobSecret>) -> Vec<No
     nodes
 }
 
+/// Waits for every node of [`job`] to see the job complete, with every
+/// epoch's answer right.
+async fn assert_job_completed(nodes: Vec<NodeHandle>, results: &Results) {
+    for n in nodes {
+        let exit = tokio::time::timeout(Duration::from_secs(30), n.join)
+            .await
+            .expect("in time");
+        assert!(
+            matches!(exit, Ok(Ok(NodeExit::JobEnded(ref r))) if r.is_completed()),
+            "{exit:?}"
+        );
+    }
+    let all = results.all();
+    assert!(
+        (1..=8).all(|e| all.iter().any(|r| r.epoch.0 == e && r.total == r.expected)),
+        "{all:?}"
+    );
+}
+
+/// Node 1 of a 3-task job alone (the job never gets going), with `secret`,
+/// and its events.
+async fn lone_node(
+    secret: Option<JobSecret>,
+) -> (
+    NodeHandle,
+    tokio::sync::mpsc::UnboundedReceiver<(NodeId, taskgraph_core::Event)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let store: Arc<dyn Store> = Arc::new(MemStoreServer::new());
+    let cfg = NodeConfig::new(NodeId(1), "transport", "", 3, 0);
+    let mut opts = NodeOptions::new(cfg, "127.0.0.1:0".parse().expect("addr"));
+    opts.secret = secret;
+    let topo = Arc::new(TreeTopology::new(2, 3).expect("tree"));
+    let builder =
+        TreeSumBuilder::new(3, 1_000, Results::default()).with_pace(Duration::from_secs(60));
+    let node = spawn_node(opts, store, topo, Box::new(builder), Some(tx))
+        .await
+        .expect("starts");
+    (node, rx)
+}
+
 /// Whether the node closes `s` within 3 s (heartbeats are skipped).
 async fn closed_by_peer(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 64];
@@ -141,20 +182,7 @@ async fn s19_garbage_oversized_frames_and_foreign_peers_are_refused_and_the_job_
         closed_by_peer(&mut s).await,
         "an undecodable message after a good handshake"
     );
-    for n in nodes {
-        let exit = tokio::time::timeout(Duration::from_secs(30), n.join)
-            .await
-            .expect("in time");
-        assert!(
-            matches!(exit, Ok(Ok(NodeExit::JobEnded(ref r))) if r.is_completed()),
-            "{exit:?}"
-        );
-    }
-    let all = results.all();
-    assert!(
-        (1..=8).all(|e| all.iter().any(|r| r.epoch.0 == e && r.total == r.expected)),
-        "{all:?}"
-    );
+    assert_job_completed(nodes, &results).await;
 }
 
 fn meta_frame(seq: u64) -> Vec<u8> {
@@ -182,17 +210,10 @@ fn meta_frame(seq: u64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_split_across_heartbeats_arrive_whole_and_silent_peers_are_dropped() {
-    let store: Arc<dyn Store> = Arc::new(MemStoreServer::new());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let cfg = NodeConfig::new(NodeId(1), "transport", "", 3, 0);
-    let opts = NodeOptions::new(cfg, "127.0.0.1:0".parse().expect("addr"));
-    let heartbeat = opts.heartbeat;
-    let topo = Arc::new(TreeTopology::new(2, 3).expect("tree"));
-    let builder =
-        TreeSumBuilder::new(3, 1_000, Results::default()).with_pace(Duration::from_secs(60));
-    let node = spawn_node(opts, store, topo, Box::new(builder), Some(tx))
-        .await
-        .expect("starts");
+    let (node, mut rx) = lone_node(None).await;
+    // The node runs with the default options.
+    let heartbeat =
+        NodeOptions::new(NodeConfig::new(NodeId(1), "x", "", 1, 0), node.addr).heartbeat;
     let mut s = handshake(node.addr, NodeId(1), None).await;
     // One frame in two halves, more than a heartbeat apart, then another.
     let f = meta_frame(1);
@@ -237,6 +258,7 @@ async fn outbound_end(
     addr: SocketAddr,
     peer: NodeId,
     expected: SessionId,
+    secret: Option<JobSecret>,
 ) -> taskgraph_core::Disconnect {
     use taskgraph_runtime::transport::{
         run_outbound, OutboundTarget, TransportConfig, TransportEvent,
@@ -246,7 +268,7 @@ async fn outbound_end(
         job: wire::job_tag("transport"),
         heartbeat: Duration::from_millis(200),
         connect_timeout: Duration::from_millis(500),
-        secret: None,
+        secret,
     };
     let (_queue_tx, queue) = tokio::sync::mpsc::unbounded_channel();
     let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -270,22 +292,13 @@ async fn a_connection_tells_a_dead_process_from_an_unreachable_one() {
     let closed = free.local_addr().expect("addr");
     drop(free);
     assert_eq!(
-        outbound_end(closed, NodeId(1), SessionId(1)).await,
+        outbound_end(closed, NodeId(1), SessionId(1), None).await,
         Disconnect::Refused
     );
 
     // A live node answers with its own session: another one than expected
     // means the expected session is over.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let store: Arc<dyn Store> = Arc::new(MemStoreServer::new());
-    let cfg = NodeConfig::new(NodeId(1), "transport", "", 3, 0);
-    let opts = NodeOptions::new(cfg, "127.0.0.1:0".parse().expect("addr"));
-    let topo = Arc::new(TreeTopology::new(2, 3).expect("tree"));
-    let builder =
-        TreeSumBuilder::new(3, 1_000, Results::default()).with_pace(Duration::from_secs(60));
-    let node = spawn_node(opts, store, topo, Box::new(builder), Some(tx))
-        .await
-        .expect("starts");
+    let (node, mut rx) = lone_node(None).await;
     let session = loop {
         match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
             Ok(Some((_, taskgraph_core::Event::SessionStarted { session }))) => break session,
@@ -295,7 +308,7 @@ async fn a_connection_tells_a_dead_process_from_an_unreachable_one() {
     };
     let stale = SessionId(session.0 + 1000);
     assert_eq!(
-        outbound_end(node.addr, NodeId(1), stale).await,
+        outbound_end(node.addr, NodeId(1), stale, None).await,
         Disconnect::OtherSession(session)
     );
     node.shutdown.stop();
@@ -313,7 +326,7 @@ async fn a_connection_tells_a_dead_process_from_an_unreachable_one() {
         }
     });
     assert_eq!(
-        outbound_end(mute_addr, NodeId(1), SessionId(1)).await,
+        outbound_end(mute_addr, NodeId(1), SessionId(1), None).await,
         Disconnect::Broken
     );
 }
@@ -321,17 +334,7 @@ async fn a_connection_tells_a_dead_process_from_an_unreachable_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_without_the_job_secret_are_refused_before_any_frame_reaches_the_core() {
     let secret = JobSecret::new("correct horse battery staple").expect("secret");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let store: Arc<dyn Store> = Arc::new(MemStoreServer::new());
-    let cfg = NodeConfig::new(NodeId(1), "transport", "", 3, 0);
-    let mut opts = NodeOptions::new(cfg, "127.0.0.1:0".parse().expect("addr"));
-    opts.secret = Some(secret.clone());
-    let topo = Arc::new(TreeTopology::new(2, 3).expect("tree"));
-    let builder =
-        TreeSumBuilder::new(3, 1_000, Results::default()).with_pace(Duration::from_secs(60));
-    let node = spawn_node(opts, store, topo, Box::new(builder), Some(tx))
-        .await
-        .expect("starts");
+    let (node, mut rx) = lone_node(Some(secret.clone())).await;
     // Whatever reached the core from node 99 (a dropped message is still
     // one that reached it).
     let mut reached = move |within: Duration| {
@@ -385,36 +388,11 @@ async fn peers_without_the_job_secret_are_refused_before_any_frame_reaches_the_c
         "the authenticated peer's message reached the core"
     );
     // A node reached with the wrong secret is no evidence of anything.
-    {
-        use taskgraph_runtime::transport::{
-            run_outbound, OutboundTarget, TransportConfig, TransportEvent,
-        };
-        let cfg = TransportConfig {
-            node: NodeId(50),
-            job: wire::job_tag("transport"),
-            heartbeat: Duration::from_millis(200),
-            connect_timeout: Duration::from_millis(500),
-            secret: Some(wrong.clone()),
-        };
-        let (_q, queue) = tokio::sync::mpsc::unbounded_channel();
-        let (events, mut ev) = tokio::sync::mpsc::unbounded_channel();
-        let target = OutboundTarget {
-            peer: NodeId(1),
-            addr: node.addr.to_string(),
-            session: SessionId(12345),
-        };
-        tokio::spawn(run_outbound(cfg, SessionId(7), target, 1, queue, events));
-        match tokio::time::timeout(Duration::from_secs(5), ev.recv()).await {
-            Ok(Some(TransportEvent::Disconnected(_, 1, how))) => {
-                assert_eq!(
-                    how,
-                    taskgraph_core::Disconnect::Broken,
-                    "an unproven answer is evidence"
-                )
-            }
-            other => panic!("expected a disconnect, got {other:?}"),
-        }
-    }
+    assert_eq!(
+        outbound_end(node.addr, NodeId(1), SessionId(12345), Some(wrong)).await,
+        taskgraph_core::Disconnect::Broken,
+        "an unproven answer is evidence"
+    );
     node.shutdown.stop();
 }
 
@@ -423,18 +401,5 @@ async fn a_job_whose_nodes_share_a_secret_runs_to_the_end() {
     let results = Results::default();
     let secret = JobSecret::new("s3cret").expect("secret");
     let nodes = job_with_secret(&results, Some(secret)).await;
-    for n in nodes {
-        let exit = tokio::time::timeout(Duration::from_secs(30), n.join)
-            .await
-            .expect("in time");
-        assert!(
-            matches!(exit, Ok(Ok(NodeExit::JobEnded(ref r))) if r.is_completed()),
-            "{exit:?}"
-        );
-    }
-    let all = results.all();
-    assert!(
-        (1..=8).all(|e| all.iter().any(|r| r.epoch.0 == e && r.total == r.expected)),
-        "{all:?}"
-    );
+    assert_job_completed(nodes, &results).await;
 }
