@@ -42,7 +42,19 @@ pub mod app {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
     use taskgraph::testkit::Rng;
-    use taskgraph::{Context, Epoch, Link, RequestId, ServeId, Task, TaskBuilder, TaskId};
+    use taskgraph::{
+        CommandError, Context, Epoch, Link, RequestId, ServeId, Task, TaskBuilder, TaskId,
+    };
+
+    /// This application sends small payloads and one request per neighbour
+    /// and epoch, so the context should never refuse a command. If it does,
+    /// the job fails with the reason rather than wait for an answer that
+    /// will not come.
+    fn or_fail<T>(ctx: &mut Context, sent: Result<T, CommandError>) {
+        if let Err(e) = sent {
+            ctx.fail_job(format!("a command was refused: {e}"));
+        }
+    }
 
     /// Dimension of the inputs.
     pub const DIM: usize = 4;
@@ -457,13 +469,17 @@ pub mod app {
         fn start(&mut self, ctx: &mut Context, input: Weights) {
             self.input = Some(input);
             self.own = Some(Partial::compute(&input, &self.points));
-            ctx.flag_meta_to_children(W);
+            let sent = ctx.flag_meta_to_children(W);
+            or_fail(ctx, sent);
         }
 
         fn progress(&mut self, ctx: &mut Context) {
             for (sid, req) in std::mem::take(&mut self.waiting) {
                 match self.answer(ctx, &req) {
-                    Some(resp) => ctx.respond(sid, resp),
+                    Some(resp) => {
+                        let sent = ctx.respond(sid, resp);
+                        or_fail(ctx, sent);
+                    }
                     None => self.waiting.push((sid, req)),
                 }
             }
@@ -477,7 +493,8 @@ pub mod app {
                     self.finish_pass(ctx, total);
                 }
             } else {
-                ctx.flag_meta_to_parents(G);
+                let sent = ctx.flag_meta_to_parents(G);
+                or_fail(ctx, sent);
             }
         }
 
@@ -536,7 +553,8 @@ pub mod app {
         /// advance (after the pace).
         fn commit(&mut self, ctx: &mut Context, m: Model) {
             self.model = Some(m);
-            ctx.replicate(m.encode());
+            let sent = ctx.replicate(m.encode());
+            or_fail(ctx, sent);
             if self.pace.is_zero() {
                 ctx.advance_epoch();
             } else {
@@ -573,7 +591,8 @@ pub mod app {
             if !self.announced {
                 // New standbys get this incarnation's log: start it.
                 self.announced = true;
-                ctx.replicate(m.encode());
+                let sent = ctx.replicate(m.encode());
+                or_fail(ctx, sent);
             }
             if m.ready_epoch > epoch.0 {
                 // The update of this epoch was made; the advance was lost.
@@ -629,14 +648,16 @@ pub mod app {
             // A new primary of the parent flags again; the pending request
             // follows it by itself.
             if meta.as_ref() == W && self.input.is_none() && self.asked.insert(parent) {
-                ctx.request_data(parent, W);
+                let sent = ctx.request_data(parent, W);
+                or_fail(ctx, sent);
             }
         }
 
         fn child_meta_ready(&mut self, ctx: &mut Context, child: TaskId, meta: Bytes) {
             if meta.as_ref() == G && !self.children.contains_key(&child) && self.asked.insert(child)
             {
-                ctx.request_data(child, G);
+                let sent = ctx.request_data(child, G);
+                or_fail(ctx, sent);
             }
         }
 
@@ -649,7 +670,10 @@ pub mod app {
             req: Bytes,
         ) {
             match self.answer(ctx, &req) {
-                Some(resp) => ctx.respond(id, resp),
+                Some(resp) => {
+                    let sent = ctx.respond(id, resp);
+                    or_fail(ctx, sent);
+                }
                 None => self.waiting.push((id, req)),
             }
         }

@@ -158,6 +158,8 @@ pub async fn start(
     let mut nodes = Vec::new();
     for id in 1..=n {
         let mut cfg = NodeConfig::new(NodeId(id), name, "", tasks, standbys);
+        // The data benchmark sends payloads up to 60 MiB.
+        cfg.max_payload = taskgraph_core::MAX_PAYLOAD_LEN;
         if cfg.ttl != layout.ttl {
             // Renewals and the step-down margin keep their share of the TTL.
             let scale = layout.ttl.as_secs_f64() / cfg.ttl.as_secs_f64();

@@ -6,7 +6,9 @@ use bytes::Bytes;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use taskgraph_core::{Context, Epoch, Link, RequestId, ServeId, Task, TaskBuilder, TaskId};
+use taskgraph_core::{
+    CommandError, Context, Epoch, Link, RequestId, ServeId, Task, TaskBuilder, TaskId,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -23,6 +25,18 @@ struct Fetch {
     clock: Clock,
 }
 
+impl Fetch {
+    /// A refused command is the run's error (the payload is over the
+    /// node's `max_payload`, say).
+    fn check<T>(&self, sent: Result<T, CommandError>) {
+        if let Err(e) = sent {
+            if let Ok(mut c) = self.clock.lock() {
+                c.2 = Some(format!("a command was refused: {e}"));
+            }
+        }
+    }
+}
+
 impl Task for Fetch {
     fn epoch_changed(&mut self, ctx: &mut Context, _epoch: Epoch) {
         if ctx.is_primary() && ctx.task() == TaskId(1) && !self.started {
@@ -30,12 +44,14 @@ impl Task for Fetch {
             if let Ok(mut c) = self.clock.lock() {
                 c.0 = Some(Instant::now());
             }
-            ctx.request_data(TaskId(0), "payload");
+            let sent = ctx.request_data(TaskId(0), "payload");
+            self.check(sent);
         }
     }
 
     fn serve(&mut self, ctx: &mut Context, _from: TaskId, _link: Link, id: ServeId, _req: Bytes) {
-        ctx.respond(id, self.payload.clone());
+        let sent = ctx.respond(id, self.payload.clone());
+        self.check(sent);
     }
 
     fn data_ready(
@@ -53,7 +69,8 @@ impl Task for Fetch {
         }
         self.done += 1;
         if self.done < self.rounds {
-            ctx.request_data(TaskId(0), "payload");
+            let sent = ctx.request_data(TaskId(0), "payload");
+            self.check(sent);
         } else {
             if let Ok(mut c) = self.clock.lock() {
                 c.1 = Some(Instant::now());
@@ -101,7 +118,7 @@ async fn taskgraph_run(payload: Bytes, rounds: u64, run: u64) -> Result<f64, Fai
         .map_err(Failure::Run)?;
     let (start, end, wrong) = clock.lock().map(|c| c.clone()).unwrap_or_default();
     if let Some(w) = wrong {
-        return Err(Failure::Run(format!("taskgraph delivered {w}")));
+        return Err(Failure::Run(format!("the taskgraph run went wrong: {w}")));
     }
     let (Some(s), Some(e)) = (start, end) else {
         return Err(Failure::Run("the requests never completed".into()));

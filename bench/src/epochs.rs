@@ -48,7 +48,9 @@ impl Agg {
         if ctx.task() == TaskId(0) {
             ctx.advance_epoch();
         } else {
-            ctx.flag_meta_to_parents(self.meta.clone());
+            if let Err(e) = ctx.flag_meta_to_parents(self.meta.clone()) {
+                ctx.fail_job(format!("flag_meta_to_parents was refused: {e}"));
+            }
         }
     }
 }

@@ -8,6 +8,21 @@ use std::time::Duration;
 /// join a job whose stored spec names another version.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The longest job name or key root, in bytes. Both are in every store key
+/// and the job name is in every frame.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// The longest address a node may register, in bytes.
+pub const MAX_ADDR_LEN: usize = 256;
+
+/// The largest [`NodeConfig::max_payload`]: the frame limit
+/// ([`MAX_FRAME_LEN`](crate::wire::MAX_FRAME_LEN)) less 64 KiB for the
+/// envelope around the payload.
+pub const MAX_PAYLOAD_LEN: usize = crate::wire::MAX_FRAME_LEN - 64 * 1024;
+
+/// The default [`NodeConfig::max_payload`]: 16 MiB.
+pub const DEFAULT_MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+
 /// What every node of a job must agree on; stored once under `config`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSpec {
@@ -58,6 +73,16 @@ pub struct NodeConfig {
     pub failure_window: Duration,
     /// Messages held for a later epoch or a role being claimed, at most.
     pub max_held_messages: usize,
+    /// The longest payload (meta, request, answer or replica update) a task
+    /// may send, in bytes; at most [`MAX_PAYLOAD_LEN`]. A longer one is
+    /// refused by the [`Context`](crate::Context) with
+    /// [`CommandError::PayloadTooLarge`](crate::CommandError::PayloadTooLarge).
+    pub max_payload: usize,
+    /// Requests one task may have waiting for an answer from one other task
+    /// in an epoch. One more is refused with
+    /// [`CommandError::TooManyPendingRequests`](crate::CommandError::TooManyPendingRequests)
+    /// until an answer arrives: back-pressure instead of an unbounded queue.
+    pub max_pending_requests: usize,
     /// A deliberately broken behaviour, for proving the simulator's checkers
     /// can fail. Exists only in `--cfg madsim` builds.
     #[cfg(madsim)]
@@ -88,6 +113,8 @@ impl NodeConfig {
             max_failures: 100,
             failure_window: Duration::from_secs(60),
             max_held_messages: 10_000,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            max_pending_requests: 1024,
             #[cfg(madsim)]
             canary: None,
         }
@@ -96,16 +123,22 @@ impl NodeConfig {
     /// Checks every relation the node relies on; the error says which failed.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |what: String| Err(ConfigError(what));
-        if self.job.is_empty() || self.job.contains('/') {
+        if self.job.is_empty() || self.job.contains('/') || self.job.len() > MAX_NAME_LEN {
             return bad(format!(
-                "job name {:?} must be non-empty and contain no '/'",
+                "job name {:?} must be 1 to {MAX_NAME_LEN} bytes and contain no '/'",
                 self.job
             ));
         }
-        if self.root.is_empty() || self.root.contains('/') {
+        if self.root.is_empty() || self.root.contains('/') || self.root.len() > MAX_NAME_LEN {
             return bad(format!(
-                "root {:?} must be non-empty and contain no '/'",
+                "root {:?} must be 1 to {MAX_NAME_LEN} bytes and contain no '/'",
                 self.root
+            ));
+        }
+        if self.addr.len() > MAX_ADDR_LEN {
+            return bad(format!(
+                "addr of {} bytes is longer than {MAX_ADDR_LEN} bytes",
+                self.addr.len()
             ));
         }
         if self.num_tasks == 0 {
@@ -139,7 +172,25 @@ impl NodeConfig {
         if self.max_held_messages == 0 {
             return bad("max_held_messages must be at least 1".into());
         }
+        if self.max_payload > MAX_PAYLOAD_LEN {
+            return bad(format!(
+                "max_payload {} must be at most {MAX_PAYLOAD_LEN} bytes (the frame limit less room for the envelope)",
+                self.max_payload
+            ));
+        }
+        if self.max_pending_requests == 0 {
+            return bad("max_pending_requests must be at least 1".into());
+        }
         Ok(())
+    }
+
+    /// The bounds a task's [`Context`](crate::Context) checks.
+    pub(crate) fn limits(&self) -> crate::task::Limits {
+        crate::task::Limits {
+            num_tasks: self.num_tasks,
+            max_payload: self.max_payload,
+            max_pending_requests: self.max_pending_requests,
+        }
     }
 
     /// The lease TTL in whole seconds.

@@ -112,8 +112,13 @@ pub mod wire;
 
 pub use action::{Action, Disconnect, DropReason, Event, OpId, StepDownReason};
 pub use canary::Canary;
-pub use config::{ConfigError, JobSpec, NodeConfig, PROTOCOL_VERSION};
+pub use config::{
+    ConfigError, JobSpec, NodeConfig, DEFAULT_MAX_PAYLOAD, MAX_ADDR_LEN, MAX_NAME_LEN,
+    MAX_PAYLOAD_LEN, PROTOCOL_VERSION,
+};
 pub use node::{Node, NodeError, NodeStats, Role};
-pub use task::{Context, ExitReason, Link, ServeId, Task, TaskBuilder};
+pub use task::{
+    CommandError, Context, ExitReason, Link, ServeId, Task, TaskBuilder, MAX_EXIT_REASON_LEN,
+};
 pub use topology::{FullTopology, Topology, TopologyError, TreeTopology};
 pub use wire::{Body, Direction, Envelope, Reply, RequestId};

@@ -5,6 +5,7 @@ use crate::wire::RequestId;
 use crate::{Epoch, NodeId, TaskId};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// How the requester of a data request is related to the server's task in
@@ -115,7 +116,9 @@ pub trait Task: Send {
     /// answers every request with an empty payload.
     fn serve(&mut self, ctx: &mut Context, from: TaskId, link: Link, id: ServeId, req: Bytes) {
         let _ = (from, link, req);
-        ctx.respond(id, Bytes::new());
+        // An empty answer is within every limit, and serve is only called
+        // on a primary: this cannot fail.
+        let _ = ctx.respond(id, Bytes::new());
     }
     /// The answer to [`Context::request_data`] `id` sent to `from` (S13),
     /// delivered once.
@@ -188,8 +191,52 @@ pub(crate) enum Command {
     SetTimer(std::time::Duration, u64),
 }
 
+/// The longest exit reason stored, in bytes; [`Context::exit_job`] and
+/// [`Context::fail_job`] cut a longer one at a character boundary and end it
+/// with `…`. The reason is written to the store, whose requests are bounded.
+pub const MAX_EXIT_REASON_LEN: usize = 4096;
+
+/// Why a [`Context`] refused a command. Nothing was recorded: the task may
+/// try again (a smaller payload, or after an answer frees a request slot).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The payload is longer than [`NodeConfig::max_payload`](crate::NodeConfig::max_payload).
+    #[error("payload of {len} bytes is over the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The payload's length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// This task already waits for [`NodeConfig::max_pending_requests`](crate::NodeConfig::max_pending_requests)
+    /// answers from `to` in this epoch. Each [`Task::data_ready`] (or the
+    /// next epoch) frees a slot.
+    #[error("{pending} requests to task {to} are waiting for an answer, the most allowed")]
+    TooManyPendingRequests {
+        /// The target task.
+        to: TaskId,
+        /// Requests waiting for an answer from it.
+        pending: usize,
+    },
+    /// The target is not a task of this job, or is this task itself.
+    #[error("task {0} is not another task of this job")]
+    NoSuchTask(TaskId),
+    /// Only a primary sends meta, data and replica updates; this node holds
+    /// the task as a standby.
+    #[error("this node is a standby of the task; only the primary sends")]
+    NotPrimary,
+}
+
 /// A task's handle on the framework. It only records commands; the node
 /// carries them out when the callback returns, in the order given.
+///
+/// Commands that carry a payload check it first and return a
+/// [`CommandError`] instead of recording a command the node could not carry
+/// out: a payload over [`NodeConfig::max_payload`](crate::NodeConfig::max_payload),
+/// a request over [`NodeConfig::max_pending_requests`](crate::NodeConfig::max_pending_requests)
+/// to one task (back-pressure: wait for an answer), a request to a task that
+/// does not exist, or a send from a standby.
 #[derive(Debug)]
 pub struct Context {
     pub(crate) node: NodeId,
@@ -200,10 +247,22 @@ pub struct Context {
     pub(crate) children: Vec<TaskId>,
     pub(crate) next_request: u64,
     pub(crate) commands: Vec<Command>,
+    pub(crate) limits: Limits,
+    /// Requests recorded or sent and not yet answered or abandoned, per
+    /// target. The node lowers a count when it removes a pending request.
+    pub(crate) in_flight: BTreeMap<TaskId, usize>,
+}
+
+/// The bounds a [`Context`] checks, copied from the node's configuration.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) num_tasks: u32,
+    pub(crate) max_payload: usize,
+    pub(crate) max_pending_requests: usize,
 }
 
 impl Context {
-    pub(crate) fn new(node: NodeId, task: TaskId) -> Self {
+    pub(crate) fn new(node: NodeId, task: TaskId, limits: Limits) -> Self {
         Context {
             node,
             task,
@@ -213,6 +272,33 @@ impl Context {
             children: Vec::new(),
             next_request: 0,
             commands: Vec::new(),
+            limits,
+            in_flight: BTreeMap::new(),
+        }
+    }
+
+    /// A payload-carrying command may be recorded: this is the primary and
+    /// the payload is within the limit.
+    fn check_send(&self, payload: &Bytes) -> Result<(), CommandError> {
+        if !self.primary {
+            return Err(CommandError::NotPrimary);
+        }
+        if payload.len() > self.limits.max_payload {
+            return Err(CommandError::PayloadTooLarge {
+                len: payload.len(),
+                limit: self.limits.max_payload,
+            });
+        }
+        Ok(())
+    }
+
+    /// A request to `to` has been answered or abandoned.
+    pub(crate) fn request_done(&mut self, to: TaskId) {
+        if let Some(n) = self.in_flight.get_mut(&to) {
+            *n -= 1;
+            if *n == 0 {
+                self.in_flight.remove(&to);
+            }
         }
     }
 
@@ -243,42 +329,82 @@ impl Context {
 
     /// Delivers `meta` to every parent's primary as `child_meta_ready`, once
     /// per receiver incarnation, in this epoch (S12).
-    pub fn flag_meta_to_parents(&mut self, meta: impl Into<Bytes>) {
-        self.commands.push(Command::FlagMeta(
-            crate::wire::Direction::ToParents,
-            meta.into(),
-        ));
+    ///
+    /// # Errors
+    /// [`CommandError::PayloadTooLarge`] or [`CommandError::NotPrimary`];
+    /// nothing is sent.
+    pub fn flag_meta_to_parents(&mut self, meta: impl Into<Bytes>) -> Result<(), CommandError> {
+        self.flag_meta(crate::wire::Direction::ToParents, meta.into())
     }
     /// Delivers `meta` to every child's primary as `parent_meta_ready` (S12).
-    pub fn flag_meta_to_children(&mut self, meta: impl Into<Bytes>) {
-        self.commands.push(Command::FlagMeta(
-            crate::wire::Direction::ToChildren,
-            meta.into(),
-        ));
+    ///
+    /// # Errors
+    /// As [`Context::flag_meta_to_parents`].
+    pub fn flag_meta_to_children(&mut self, meta: impl Into<Bytes>) -> Result<(), CommandError> {
+        self.flag_meta(crate::wire::Direction::ToChildren, meta.into())
+    }
+    fn flag_meta(
+        &mut self,
+        direction: crate::wire::Direction,
+        meta: Bytes,
+    ) -> Result<(), CommandError> {
+        self.check_send(&meta)?;
+        self.commands.push(Command::FlagMeta(direction, meta));
+        Ok(())
     }
     /// Asks task `to` for data (S13); the answer arrives once as
     /// [`Task::data_ready`] with the returned id, unless the epoch changes
     /// first (S11).
-    pub fn request_data(&mut self, to: TaskId, req: impl Into<Bytes>) -> RequestId {
+    ///
+    /// # Errors
+    /// [`CommandError::TooManyPendingRequests`] when `to` already owes this
+    /// task [`NodeConfig::max_pending_requests`](crate::NodeConfig::max_pending_requests)
+    /// answers, [`CommandError::NoSuchTask`], [`CommandError::PayloadTooLarge`]
+    /// or [`CommandError::NotPrimary`]. Nothing is sent.
+    pub fn request_data(
+        &mut self,
+        to: TaskId,
+        req: impl Into<Bytes>,
+    ) -> Result<RequestId, CommandError> {
+        let req = req.into();
+        if to.0 >= self.limits.num_tasks || to == self.task {
+            return Err(CommandError::NoSuchTask(to));
+        }
+        self.check_send(&req)?;
+        let pending = self.in_flight.get(&to).copied().unwrap_or(0);
+        if pending >= self.limits.max_pending_requests {
+            return Err(CommandError::TooManyPendingRequests { to, pending });
+        }
+        self.in_flight.insert(to, pending + 1);
         let id = RequestId(self.next_request);
         self.next_request += 1;
-        self.commands.push(Command::Request(to, id, req.into()));
-        id
+        self.commands.push(Command::Request(to, id, req));
+        Ok(id)
     }
     /// Answers the request `id` given to [`Task::serve`]. A second answer to
     /// the same request is ignored.
-    pub fn respond(&mut self, id: ServeId, resp: impl Into<Bytes>) {
-        self.commands.push(Command::Respond(id, resp.into()));
+    ///
+    /// # Errors
+    /// [`CommandError::PayloadTooLarge`] (the request stays unanswered: answer
+    /// it again with less) or [`CommandError::NotPrimary`].
+    pub fn respond(&mut self, id: ServeId, resp: impl Into<Bytes>) -> Result<(), CommandError> {
+        let resp = resp.into();
+        self.check_send(&resp)?;
+        self.commands.push(Command::Respond(id, resp));
+        Ok(())
     }
     /// Moves the job from the current epoch E to E+1 if it is still at E (S9);
     /// otherwise [`Task::advance_epoch_rejected`] is called.
     pub fn advance_epoch(&mut self) {
         self.commands.push(Command::AdvanceEpoch(self.epoch));
     }
-    /// Ends the whole job (S18).
+    /// Ends the whole job (S18). A reason longer than
+    /// [`MAX_EXIT_REASON_LEN`] bytes is cut.
     pub fn exit_job(&mut self, reason: impl Into<String>) {
         self.commands
-            .push(Command::ExitJob(ExitReason::Completed(reason.into())));
+            .push(Command::ExitJob(ExitReason::Completed(bounded_reason(
+                reason.into(),
+            ))));
     }
     /// Calls [`Task::timer`] with `token` once `after` has passed (on the
     /// driver's clock; virtual time in the harness). Only a primary's
@@ -290,10 +416,34 @@ impl Context {
     /// every node's `run` reports [`ExitReason::Failed`].
     pub fn fail_job(&mut self, reason: impl Into<String>) {
         self.commands
-            .push(Command::ExitJob(ExitReason::Failed(reason.into())));
+            .push(Command::ExitJob(ExitReason::Failed(bounded_reason(
+                reason.into(),
+            ))));
     }
     /// Sends `update` to every standby of this task, in order (S17).
-    pub fn replicate(&mut self, update: impl Into<Bytes>) {
-        self.commands.push(Command::Replicate(update.into()));
+    ///
+    /// # Errors
+    /// [`CommandError::PayloadTooLarge`] or [`CommandError::NotPrimary`];
+    /// nothing is sent.
+    pub fn replicate(&mut self, update: impl Into<Bytes>) -> Result<(), CommandError> {
+        let update = update.into();
+        self.check_send(&update)?;
+        self.commands.push(Command::Replicate(update));
+        Ok(())
     }
+}
+
+/// `reason` cut to at most [`MAX_EXIT_REASON_LEN`] bytes, at a character
+/// boundary, ending in `…` when cut.
+fn bounded_reason(mut reason: String) -> String {
+    if reason.len() <= MAX_EXIT_REASON_LEN {
+        return reason;
+    }
+    let mut end = MAX_EXIT_REASON_LEN - '…'.len_utf8();
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason.truncate(end);
+    reason.push('…');
+    reason
 }

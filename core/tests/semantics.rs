@@ -354,7 +354,8 @@ fn s6_clean_stop_revokes_the_lease_and_fails_over_at_once() {
 fn child_talks_to_parent() -> (Cluster, Log) {
     let react: React = Arc::new(|_, call, ctx| {
         if *call == Call::EpochChanged(Epoch(0)) && ctx.task() == T1 {
-            ctx.flag_meta_to_parents(meta("up"));
+            ctx.flag_meta_to_parents(meta("up"))
+                .expect("the context refused a command");
         }
     });
     cluster(2, 1, 0, react)
@@ -541,7 +542,8 @@ fn s9_advance_epoch_is_compare_and_swap() {
             ctx.advance_epoch();
         }
         if *call == Call::EpochChanged(Epoch(0)) && ctx.task() == T0 {
-            ctx.flag_meta_to_children(meta("go"));
+            ctx.flag_meta_to_children(meta("go"))
+                .expect("the context refused a command");
         }
     });
     let mut cfg = ClusterConfig::new(9, 3, 0, 0);
@@ -622,7 +624,8 @@ fn s11_after_an_epoch_change_old_meta_and_requests_are_dropped() {
     let h = held.clone();
     let react: React = Arc::new(move |_, call, ctx| match call {
         Call::EpochChanged(Epoch(0)) if ctx.task() == T1 => {
-            ctx.request_data(T0, meta("q"));
+            ctx.request_data(T0, meta("q"))
+                .expect("the context refused a command");
         }
         Call::Serve { id, .. } => {
             if let Ok(mut v) = h.lock() {
@@ -632,7 +635,8 @@ fn s11_after_an_epoch_change_old_meta_and_requests_are_dropped() {
         }
         Call::EpochChanged(Epoch(1)) if ctx.task() == T0 => {
             for id in h.lock().map(|v| v.clone()).unwrap_or_default() {
-                ctx.respond(id, meta("late"));
+                ctx.respond(id, meta("late"))
+                    .expect("the context refused a command");
             }
         }
         _ => {}
@@ -683,7 +687,8 @@ fn s11_after_an_epoch_change_old_meta_and_requests_are_dropped() {
 fn s12_meta_reaches_every_receiver_incarnation_once() {
     let react: React = Arc::new(|_, call, ctx| {
         if *call == Call::EpochChanged(Epoch(0)) && ctx.task() == T0 {
-            ctx.flag_meta_to_children(meta("m"));
+            ctx.flag_meta_to_children(meta("m"))
+                .expect("the context refused a command");
         }
     });
     let (mut c, log) = cluster(2, 1, 0, react);
@@ -718,7 +723,8 @@ fn s13_data_request_round_trip_with_payload_unchanged() {
     let p = payload.clone();
     let react: React = Arc::new(move |_, call, ctx| match call {
         Call::EpochChanged(Epoch(0)) if ctx.task() == T1 => {
-            ctx.request_data(T0, meta("q"));
+            ctx.request_data(T0, meta("q"))
+                .expect("the context refused a command");
         }
         Call::Serve {
             id,
@@ -727,7 +733,8 @@ fn s13_data_request_round_trip_with_payload_unchanged() {
             link,
         } => {
             assert_eq!((*from, *link, req.clone()), (T1, Link::Child, meta("q")));
-            ctx.respond(*id, p.clone());
+            ctx.respond(*id, p.clone())
+                .expect("the context refused a command");
         }
         _ => {}
     });
@@ -756,9 +763,12 @@ fn s14_request_follows_failover_and_is_answered_once() {
     // request is re-sent with the same id to the promoted standby.
     let react: React = Arc::new(|node, call, ctx| match call {
         Call::EpochChanged(Epoch(0)) if ctx.task() == T1 => {
-            ctx.request_data(T0, meta("q"));
+            ctx.request_data(T0, meta("q"))
+                .expect("the context refused a command");
         }
-        Call::Serve { id, .. } if node != NodeId(1) => ctx.respond(*id, meta("a")),
+        Call::Serve { id, .. } if node != NodeId(1) => ctx
+            .respond(*id, meta("a"))
+            .expect("the context refused a command"),
         _ => {}
     });
     let (mut c, log) = cluster(2, 1, 0, react);
@@ -815,9 +825,12 @@ fn s14_request_follows_failover_and_is_answered_once() {
 fn s14_lost_reply_is_resent_from_the_cache_not_served_again() {
     let react: React = Arc::new(|_, call, ctx| match call {
         Call::EpochChanged(Epoch(1)) if ctx.task() == T1 => {
-            ctx.request_data(T0, meta("q"));
+            ctx.request_data(T0, meta("q"))
+                .expect("the context refused a command");
         }
-        Call::Serve { id, .. } => ctx.respond(*id, meta("a")),
+        Call::Serve { id, .. } => ctx
+            .respond(*id, meta("a"))
+            .expect("the context refused a command"),
         _ => {}
     });
     let (mut c, log) = cluster(2, 0, 0, react);
@@ -857,7 +870,8 @@ fn s15_server_behind_holds_the_request_until_it_catches_up() {
         0,
         Arc::new(|_, call, ctx| {
             if let Call::Serve { id, .. } = call {
-                ctx.respond(*id, meta("a"));
+                ctx.respond(*id, meta("a"))
+                    .expect("the context refused a command");
             }
         }),
     );
@@ -922,7 +936,8 @@ fn s16_events_from_one_sender_arrive_in_order() {
     let react: React = Arc::new(|_, call, ctx| {
         if *call == Call::EpochChanged(Epoch(0)) && ctx.task() == T0 {
             for m in ["a", "b", "c", "d"] {
-                ctx.flag_meta_to_children(meta(m));
+                ctx.flag_meta_to_children(meta(m))
+                    .expect("the context refused a command");
             }
         }
     });
@@ -949,7 +964,8 @@ fn s17_standby_applies_updates_in_order_and_continues_after_promotion() {
     let react: React = Arc::new(|_, call, ctx| {
         if *call == Call::EpochChanged(Epoch(0)) && ctx.task() == T0 && ctx.is_primary() {
             for u in ["1", "2", "3"] {
-                ctx.replicate(meta(u));
+                ctx.replicate(meta(u))
+                    .expect("the context refused a command");
             }
         }
     });
@@ -1288,4 +1304,272 @@ fn s19_messages_held_for_a_role_that_never_comes_expire() {
         expired >= held_at + ttl * 2 && expired <= held_at + ttl * 2 + Duration::from_millis(600),
         "expired at {expired}"
     );
+}
+
+/// What a task's context answered, in the order asked: (node, what, answer).
+type Answers = Arc<Mutex<Vec<(NodeId, &'static str, Result<(), CommandError>)>>>;
+
+fn answer(log: &Answers, node: NodeId, what: &'static str, r: Result<(), CommandError>) {
+    if let Ok(mut v) = log.lock() {
+        v.push((node, what, r));
+    }
+}
+
+fn answers(log: &Answers, what: &str) -> Vec<Result<(), CommandError>> {
+    log.lock()
+        .map(|v| {
+            v.iter()
+                .filter(|a| a.1 == what)
+                .map(|a| a.2.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn bytes(len: usize) -> Bytes {
+    Bytes::from(vec![7u8; len])
+}
+
+#[test]
+fn s19_a_payload_over_max_payload_is_refused_where_the_task_hands_it_over() {
+    // max_payload 1 KiB. Every payload-carrying command is tried one byte
+    // over the limit (refused, nothing sent) and then at the limit (sent).
+    const LIMIT: usize = 1024;
+    let log: Answers = Arc::default();
+    let l = log.clone();
+    let react: React = Arc::new(move |node, call, ctx| match call {
+        Call::EpochChanged(Epoch(0)) if ctx.task() == T0 => {
+            let r = ctx.flag_meta_to_children(bytes(LIMIT + 1));
+            answer(&l, node, "meta over", r);
+            let r = ctx.replicate(bytes(LIMIT + 1));
+            answer(&l, node, "replicate over", r);
+            let r = ctx.replicate(bytes(LIMIT));
+            answer(&l, node, "replicate at", r);
+            let r = ctx.flag_meta_to_children(bytes(LIMIT));
+            answer(&l, node, "meta at", r);
+        }
+        Call::ParentMeta(T0, m) if ctx.task() == T1 => {
+            assert_eq!(m.len(), LIMIT, "only the meta within the limit is sent");
+            let r = ctx.request_data(T0, bytes(LIMIT + 1)).map(drop);
+            answer(&l, node, "request over", r);
+            let r = ctx.request_data(T0, bytes(LIMIT)).map(drop);
+            answer(&l, node, "request at", r);
+        }
+        Call::Serve { id, req, .. } => {
+            assert_eq!(
+                req.len(),
+                LIMIT,
+                "only the request within the limit is sent"
+            );
+            let r = ctx.respond(*id, bytes(LIMIT + 1));
+            answer(&l, node, "respond over", r);
+            let r = ctx.respond(*id, bytes(LIMIT));
+            answer(&l, node, "respond at", r);
+        }
+        _ => {}
+    });
+    let mut cfg = ClusterConfig::new(7, 3, 1, 0);
+    cfg.start_gap = Duration::from_millis(50);
+    cfg.max_payload = LIMIT;
+    let (mut c, calls) = cluster_with(cfg, react);
+    c.run_until(at(3000));
+
+    let too_large = Err(CommandError::PayloadTooLarge {
+        len: LIMIT + 1,
+        limit: LIMIT,
+    });
+    for what in [
+        "meta over",
+        "replicate over",
+        "request over",
+        "respond over",
+    ] {
+        assert_eq!(answers(&log, what), vec![too_large.clone()], "{what}");
+    }
+    for what in ["meta at", "replicate at", "request at", "respond at"] {
+        assert_eq!(answers(&log, what), vec![Ok(())], "{what}");
+    }
+    // t1 got exactly the answer within the limit, once; t0's standby got
+    // exactly the update within the limit.
+    let p1 = primary(&c, T1);
+    let data: Vec<usize> = calls
+        .of_node(p1)
+        .iter()
+        .filter_map(|c| match c {
+            Call::DataReady { resp, .. } => Some(resp.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(data, vec![LIMIT]);
+    let replicas: Vec<usize> = (1..=6)
+        .map(n)
+        .filter(|&x| x != primary(&c, T0))
+        .flat_map(|x| calls.of_node(x))
+        .filter_map(|c| match c {
+            Call::Replica(u) => Some(u.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replicas, vec![LIMIT]);
+    no_violations(&mut c);
+}
+
+#[test]
+fn s19_a_task_waiting_for_max_pending_requests_from_one_task_is_refused_until_an_answer_frees_a_slot(
+) {
+    // At most 2 requests from one task to one other task wait for an
+    // answer. t1 asks t0 three times in one callback (the third is refused)
+    // and t2 once (another target, its own count); the first answer frees a
+    // slot for one more request. Requests to no task or to itself are
+    // refused, and so is a standby's send.
+    let log: Answers = Arc::default();
+    let l = log.clone();
+    let react: React = Arc::new(move |node, call, ctx| match call {
+        Call::EpochChanged(Epoch(0)) if ctx.task() == T1 => {
+            for _ in 0..3 {
+                let r = ctx.request_data(T0, meta("q")).map(drop);
+                answer(&l, node, "to t0", r);
+            }
+            let r = ctx.request_data(T2, meta("q")).map(drop);
+            answer(&l, node, "to t2", r);
+            let r = ctx.request_data(TaskId(3), meta("q")).map(drop);
+            answer(&l, node, "to no task", r);
+            let r = ctx.request_data(T1, meta("q")).map(drop);
+            answer(&l, node, "to itself", r);
+        }
+        Call::DataReady { from: T0, .. } if ctx.task() == T1 => {
+            let again = answers(&l, "after an answer").is_empty();
+            if again {
+                let r = ctx.request_data(T0, meta("q")).map(drop);
+                answer(&l, node, "after an answer", r);
+            }
+        }
+        Call::BecameStandby => {
+            let r = ctx.replicate(meta("u"));
+            answer(&l, node, "standby replicates", r);
+        }
+        Call::Serve { id, .. } => {
+            ctx.respond(*id, meta("a"))
+                .expect("the context refused a command");
+        }
+        _ => {}
+    });
+    let mut cfg = ClusterConfig::new(7, 3, 1, 0);
+    cfg.start_gap = Duration::from_millis(50);
+    cfg.max_pending_requests = 2;
+    let (mut c, calls) = cluster_with(cfg, react);
+    c.run_until(at(3000));
+
+    assert_eq!(
+        answers(&log, "to t0"),
+        vec![
+            Ok(()),
+            Ok(()),
+            Err(CommandError::TooManyPendingRequests { to: T0, pending: 2 })
+        ]
+    );
+    assert_eq!(answers(&log, "to t2"), vec![Ok(())]);
+    assert_eq!(
+        answers(&log, "to no task"),
+        vec![Err(CommandError::NoSuchTask(TaskId(3)))]
+    );
+    assert_eq!(
+        answers(&log, "to itself"),
+        vec![Err(CommandError::NoSuchTask(T1))]
+    );
+    assert_eq!(answers(&log, "after an answer"), vec![Ok(())]);
+    let standbys = answers(&log, "standby replicates");
+    assert_eq!(standbys.len(), 3, "one standby per task");
+    assert!(standbys.iter().all(|r| *r == Err(CommandError::NotPrimary)));
+    // Every accepted request was answered exactly once: 3 from t0, 1 from t2.
+    let p1 = primary(&c, T1);
+    let from: Vec<TaskId> = calls
+        .of_node(p1)
+        .iter()
+        .filter_map(|c| match c {
+            Call::DataReady { from, .. } => Some(*from),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(from.iter().filter(|&&t| t == T0).count(), 3, "{from:?}");
+    assert_eq!(from.iter().filter(|&&t| t == T2).count(), 1, "{from:?}");
+    no_violations(&mut c);
+}
+
+#[test]
+fn s19_an_exit_reason_longer_than_the_limit_is_cut_at_a_character_boundary() {
+    // 'é' is two bytes: a cut in the middle of one must move back.
+    let long = "é".repeat(MAX_EXIT_REASON_LEN);
+    let l = long.clone();
+    let react: React = Arc::new(move |_, call, ctx| {
+        if matches!(call, Call::EpochChanged(Epoch(0))) && ctx.task() == T0 {
+            ctx.exit_job(l.clone());
+        }
+    });
+    let (mut c, _) = cluster(3, 0, 0, react);
+    c.run_until(at(3000));
+    let reasons: Vec<ExitReason> = c
+        .events()
+        .iter()
+        .filter_map(|e| match &e.2 {
+            Event::JobExited { reason } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons.len(), 3, "every node exits: {reasons:?}");
+    for r in reasons {
+        let ExitReason::Completed(text) = r else {
+            panic!("{r:?}")
+        };
+        assert!(text.len() <= MAX_EXIT_REASON_LEN, "{}", text.len());
+        assert!(text.len() > MAX_EXIT_REASON_LEN - 8, "{}", text.len());
+        assert!(text.ends_with('…'));
+        assert!(long.starts_with(text.trim_end_matches('…')));
+    }
+    no_violations(&mut c);
+}
+
+#[test]
+fn s19_requests_abandoned_by_an_epoch_change_free_their_slots() {
+    // One request may wait. t0 never answers in epoch 0 and advances: the
+    // request is abandoned (S11), so t1 may ask again in epoch 1.
+    let log: Answers = Arc::default();
+    let l = log.clone();
+    let react: React = Arc::new(move |node, call, ctx| match call {
+        Call::EpochChanged(e) if ctx.task() == T1 => {
+            let r = ctx.request_data(T0, meta("q")).map(drop);
+            answer(&l, node, if e.0 == 0 { "epoch 0" } else { "epoch 1" }, r);
+            let r = ctx.request_data(T0, meta("q")).map(drop);
+            answer(&l, node, "second", r);
+        }
+        Call::Serve { id, .. } if ctx.epoch() == Epoch(0) => {
+            let _ = id;
+            if answers(&l, "advanced").is_empty() {
+                answer(&l, node, "advanced", Ok(()));
+                ctx.advance_epoch();
+            }
+        }
+        Call::Serve { id, .. } => {
+            ctx.respond(*id, meta("a"))
+                .expect("the context refused a command");
+        }
+        _ => {}
+    });
+    let mut cfg = ClusterConfig::new(7, 3, 0, 0);
+    cfg.start_gap = Duration::from_millis(50);
+    cfg.max_pending_requests = 1;
+    let (mut c, calls) = cluster_with(cfg, react);
+    c.run_until(at(3000));
+    assert_eq!(answers(&log, "epoch 0"), vec![Ok(())]);
+    assert_eq!(answers(&log, "epoch 1"), vec![Ok(())]);
+    let busy = Err(CommandError::TooManyPendingRequests { to: T0, pending: 1 });
+    assert_eq!(answers(&log, "second"), vec![busy.clone(), busy]);
+    let p1 = primary(&c, T1);
+    let answered = calls
+        .of_node(p1)
+        .iter()
+        .filter(|c| matches!(c, Call::DataReady { .. }))
+        .count();
+    assert_eq!(answered, 1, "only epoch 1's request is answered");
+    no_violations(&mut c);
 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use taskgraph_core::action::OpId;
@@ -39,7 +40,22 @@ pub struct NodeOptions {
     /// refused before any of their frames reaches the core
     /// ([`crate::auth`]). Every node of a job needs the same one (or none).
     pub secret: Option<crate::auth::JobSecret>,
+    /// Bytes of frames queued for one peer and not yet written to its
+    /// socket, at most. A frame that would go past this closes the
+    /// connection instead of queueing (a peer that does not keep up, or no
+    /// longer reads): the core sees a broken connection, reconnects with
+    /// backoff and sends again what the peer should have (flags, pending
+    /// requests, answers, the replica log), so nothing is lost and memory
+    /// stays bounded. One frame is always accepted into an empty queue, and
+    /// what the core sends in the step that opens a connection (its
+    /// catch-up: this epoch's flags, pending requests and answers, the
+    /// replication log, all of which it holds anyway) is allowed on top of
+    /// the limit until written.
+    pub max_queued_bytes: usize,
 }
+
+/// The default [`NodeOptions::max_queued_bytes`]: 128 MiB.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 128 * 1024 * 1024;
 
 impl NodeOptions {
     /// Options with the runtime's defaults around a core configuration
@@ -54,6 +70,7 @@ impl NodeOptions {
             connect_timeout: Duration::from_secs(1),
             op_timeout,
             secret: None,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
         }
     }
 
@@ -74,6 +91,9 @@ impl NodeOptions {
                 "heartbeat {:?}, connect_timeout {:?} and op_timeout {:?} must all be > 0",
                 self.heartbeat, self.connect_timeout, self.op_timeout
             ));
+        }
+        if self.max_queued_bytes == 0 {
+            return bad("max_queued_bytes must be at least 1".into());
         }
         if self.heartbeat * 3 >= ttl {
             return bad(format!(
@@ -255,6 +275,19 @@ struct Controls {
 struct Outbound {
     generation: u64,
     queue: mpsc::UnboundedSender<Bytes>,
+    /// Bytes in `queue`; the connection's task takes off what it wrote.
+    queued: Arc<AtomicUsize>,
+    /// Bytes the connection's task wrote.
+    written: Arc<AtomicU64>,
+    /// The step (call of `drain`) that opened the connection.
+    opened_in: u64,
+    /// Bytes queued in that step: the catch-up the core sends with a new
+    /// connection (bounded by the core's own state), allowed on top of the
+    /// limit until written.
+    catch_up: u64,
+    /// Closed for a queue over the limit; frames are dropped until the node
+    /// hears of it.
+    overflowed: bool,
     task: JoinHandle<()>,
 }
 
@@ -268,6 +301,8 @@ struct Loop {
     session: watch::Sender<SessionId>,
     outbound: BTreeMap<NodeId, Outbound>,
     generation: u64,
+    /// Calls of `drain` so far.
+    step: u64,
     watches: BTreeMap<i64, JoinHandle<()>>,
     /// Store operations in flight (JoinSet is not available under madsim).
     ops: Vec<JoinHandle<()>>,
@@ -330,6 +365,7 @@ async fn run_on(
         session: session_tx,
         outbound: BTreeMap::new(),
         generation: 0,
+        step: 0,
         watches: BTreeMap::new(),
         ops: Vec::new(),
         events,
@@ -491,6 +527,7 @@ impl Loop {
 
     /// Carries out every action the core has (the contract).
     fn drain(&mut self) -> Result<(), String> {
+        self.step += 1;
         while let Some(action) = self.node.poll_action() {
             match action {
                 Action::Store { id, op } => self.store_op(id, op),
@@ -511,10 +548,17 @@ impl Loop {
                         continue;
                     }
                     let len = frame.len() as u64;
-                    let delivered = self
-                        .outbound
-                        .get(&to)
-                        .is_some_and(|o| o.queue.send(frame).is_ok());
+                    if self.overflows(to, frame.len()) {
+                        continue;
+                    }
+                    let step = self.step;
+                    let delivered = self.outbound.get_mut(&to).is_some_and(|o| {
+                        if o.opened_in == step {
+                            o.catch_up += len;
+                        }
+                        o.queued.fetch_add(frame.len(), Ordering::Relaxed);
+                        o.queue.send(frame).is_ok()
+                    });
                     if delivered {
                         let node = self.opts.config.node.to_string();
                         ::metrics::counter!("taskgraph_messages_sent_total", "node" => node.clone())
@@ -728,6 +772,49 @@ impl Loop {
         }
     }
 
+    /// Whether a frame of `len` bytes would take the queue to `to` past
+    /// [`NodeOptions::max_queued_bytes`] (plus what is left of the catch-up
+    /// sent with the connection). If so the connection is closed and
+    /// reported broken: the core reconnects and resends (nothing is lost),
+    /// and the frame is dropped with everything queued before it.
+    fn overflows(&mut self, to: NodeId, len: usize) -> bool {
+        let Some(o) = self.outbound.get_mut(&to) else {
+            return false;
+        };
+        if o.overflowed {
+            return true;
+        }
+        if o.opened_in == self.step {
+            return false;
+        }
+        let queued = o.queued.load(Ordering::Relaxed);
+        let catch_up = o.catch_up.saturating_sub(o.written.load(Ordering::Relaxed));
+        let limit = self
+            .opts
+            .max_queued_bytes
+            .saturating_add(usize::try_from(catch_up).unwrap_or(usize::MAX));
+        if queued == 0 || queued.saturating_add(len) <= limit {
+            return false;
+        }
+        tracing::warn!(
+            node = %self.opts.config.node,
+            peer = %to,
+            queued,
+            limit = self.opts.max_queued_bytes,
+            "peer does not keep up: queue over the limit, connection closed (it is reopened and resent)"
+        );
+        ::metrics::counter!("taskgraph_queue_overflows_total", "node" => self.opts.config.node.to_string())
+            .increment(1);
+        o.overflowed = true;
+        o.task.abort();
+        let _ = self.transport.send(TransportEvent::Disconnected(
+            to,
+            o.generation,
+            Disconnect::Broken,
+        ));
+        true
+    }
+
     fn connect(&mut self, target: transport::OutboundTarget) {
         let peer = target.peer;
         if let Some(o) = self.outbound.remove(&peer) {
@@ -735,12 +822,18 @@ impl Loop {
         }
         self.generation += 1;
         let (qtx, qrx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let written = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(transport::run_outbound(
             self.tcfg.clone(),
             self.node.session(),
             target,
             self.generation,
-            qrx,
+            transport::Queue {
+                frames: qrx,
+                bytes: queued.clone(),
+                written: written.clone(),
+            },
             self.transport.clone(),
         ));
         self.outbound.insert(
@@ -748,6 +841,11 @@ impl Loop {
             Outbound {
                 generation: self.generation,
                 queue: qtx,
+                queued,
+                written,
+                opened_in: self.step,
+                catch_up: 0,
+                overflowed: false,
                 task,
             },
         );

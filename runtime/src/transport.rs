@@ -25,6 +25,8 @@ use crate::auth::{self, Challenge, JobSecret, Side};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use taskgraph_core::wire::{self, Envelope, MAX_FRAME_LEN};
 use taskgraph_core::{Disconnect, NodeId, SessionId, PROTOCOL_VERSION};
@@ -336,6 +338,19 @@ pub struct OutboundTarget {
     pub session: SessionId,
 }
 
+/// The frames queued for one outbound connection, and their total length
+/// (which the connection lowers as it writes them).
+#[derive(Debug)]
+pub struct Queue {
+    /// The frames, in order.
+    pub frames: mpsc::UnboundedReceiver<Bytes>,
+    /// Bytes queued and not yet written; the sender adds, the connection
+    /// takes off.
+    pub bytes: Arc<AtomicUsize>,
+    /// Bytes written so far; the connection adds.
+    pub written: Arc<AtomicU64>,
+}
+
 /// Runs one outbound connection: connect, shake hands, then send queued
 /// frames and heartbeats until the queue closes (the node dropped it) or the
 /// connection fails. Reports a failure as `Disconnected(peer, generation,
@@ -345,7 +360,7 @@ pub async fn run_outbound(
     session: SessionId,
     target: OutboundTarget,
     generation: u64,
-    mut queue: mpsc::UnboundedReceiver<Bytes>,
+    mut queue: Queue,
     events: mpsc::UnboundedSender<TransportEvent>,
 ) {
     let result = outbound(&cfg, session, &target, &mut queue).await;
@@ -394,7 +409,7 @@ async fn outbound(
     cfg: &TransportConfig,
     session: SessionId,
     target: &OutboundTarget,
-    queue: &mut mpsc::UnboundedReceiver<Bytes>,
+    queue: &mut Queue,
 ) -> Result<(), FrameError> {
     let (peer, addr) = (target.peer, target.addr.as_str());
     // An `ip:port` needs no resolver (and the simulator has none).
@@ -460,10 +475,20 @@ async fn outbound(
     loop {
         tokio::select! {
             biased;
-            f = queue.recv() => match f {
+            f = queue.frames.recv() => match f {
                 Some(f) => {
-                    wr.write_all(&f).await?;
-                    wr.flush().await?;
+                    // A peer that stops reading fills the socket's buffer;
+                    // a write that cannot finish within the silence bound
+                    // is a broken connection like a silent one.
+                    let write = async {
+                        wr.write_all(&f).await?;
+                        wr.flush().await
+                    };
+                    tokio::time::timeout(silence, write)
+                        .await
+                        .map_err(|_| FrameError::Silent(silence))??;
+                    queue.bytes.fetch_sub(f.len(), Ordering::Relaxed);
+                    queue.written.fetch_add(f.len() as u64, Ordering::Relaxed);
                 }
                 None => return Ok(()),
             },

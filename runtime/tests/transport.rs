@@ -261,7 +261,7 @@ async fn outbound_end(
     secret: Option<JobSecret>,
 ) -> taskgraph_core::Disconnect {
     use taskgraph_runtime::transport::{
-        run_outbound, OutboundTarget, TransportConfig, TransportEvent,
+        run_outbound, OutboundTarget, Queue, TransportConfig, TransportEvent,
     };
     let cfg = TransportConfig {
         node: NodeId(50),
@@ -270,7 +270,12 @@ async fn outbound_end(
         connect_timeout: Duration::from_millis(500),
         secret,
     };
-    let (_queue_tx, queue) = tokio::sync::mpsc::unbounded_channel();
+    let (_queue_tx, frames) = tokio::sync::mpsc::unbounded_channel();
+    let queue = Queue {
+        frames,
+        bytes: Default::default(),
+        written: Default::default(),
+    };
     let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let target = OutboundTarget {
         peer,

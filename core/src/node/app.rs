@@ -23,6 +23,9 @@ impl Node {
                     self.send_exit(reason);
                 }
                 _ if !primary => {
+                    if let Command::Request(to, ..) = &c {
+                        self.ctx.request_done(*to);
+                    }
                     tracing::warn!(node = %self.cfg.node, command = ?c, "command from a task that is not primary; ignored");
                 }
                 Command::FlagMeta(dir, meta) => self.flag_meta(dir, meta),

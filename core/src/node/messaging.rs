@@ -303,7 +303,10 @@ impl Node {
     pub(super) fn start_request(&mut self, to: TaskId, id: RequestId, req: Bytes) {
         let mine = self.primary_of().map(|(t, _)| t);
         if to.0 >= self.cfg.num_tasks || Some(to) == mine {
+            // The Context refuses these; kept so that no command can leave a
+            // request counted that will never be answered.
             tracing::warn!(node = %self.cfg.node, %to, "request_data to an invalid task; dropped");
+            self.ctx.request_done(to);
             return;
         }
         self.primary.pending.insert(
@@ -606,6 +609,7 @@ impl Node {
                 let Some(p) = self.primary.pending.remove(&id) else {
                     return;
                 };
+                self.ctx.request_done(p.to);
                 match result {
                     Reply::Data(resp) => {
                         self.emit(Event::DataDelivered {

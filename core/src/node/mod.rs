@@ -322,7 +322,7 @@ impl Node {
             retry_exit: None,
             role: Role::Spare,
             task: None,
-            ctx: Context::new(cfg.node, TaskId(0)),
+            ctx: Context::new(cfg.node, TaskId(0), cfg.limits()),
             primary: PrimaryState::default(),
             standby: StandbyState::default(),
             peers: BTreeMap::new(),

@@ -317,7 +317,7 @@ impl Node {
 
     fn build(&mut self, task: TaskId) {
         self.task = Some(self.builder.build(task));
-        self.ctx = Context::new(self.cfg.node, task);
+        self.ctx = Context::new(self.cfg.node, task, self.cfg.limits());
     }
 
     fn become_primary(
@@ -415,6 +415,7 @@ impl Node {
             p.serving_index.clear();
             p.reply_cache.clear();
             p.delivered_meta.clear();
+            self.ctx.in_flight.clear();
         }
         self.primary.epoch = Some(epoch);
         self.ctx.epoch = epoch;

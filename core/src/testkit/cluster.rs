@@ -44,6 +44,10 @@ pub struct ClusterConfig {
     pub record_trace: bool,
     /// Nodes start this far apart, in id order.
     pub start_gap: Duration,
+    /// Every node's [`NodeConfig::max_payload`].
+    pub max_payload: usize,
+    /// Every node's [`NodeConfig::max_pending_requests`].
+    pub max_pending_requests: usize,
     /// A deliberately broken behaviour switched on in every node (only in
     /// `--cfg madsim` builds).
     #[cfg(madsim)]
@@ -67,6 +71,8 @@ impl ClusterConfig {
             max_failures: 1000,
             record_trace: false,
             start_gap: Duration::from_millis(1),
+            max_payload: crate::DEFAULT_MAX_PAYLOAD,
+            max_pending_requests: 1024,
             #[cfg(madsim)]
             canary: None,
         }
@@ -88,6 +94,8 @@ impl ClusterConfig {
         );
         c.ttl = self.ttl;
         c.max_failures = self.max_failures;
+        c.max_payload = self.max_payload;
+        c.max_pending_requests = self.max_pending_requests;
         #[cfg(madsim)]
         {
             c.canary = self.canary;

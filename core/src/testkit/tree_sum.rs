@@ -141,7 +141,10 @@ impl TreeSum {
         let waiting = std::mem::take(&mut self.waiting);
         for (sid, req) in waiting {
             match self.answer(ctx, &req) {
-                Some(resp) => ctx.respond(sid, resp),
+                Some(resp) => {
+                    let sent = ctx.respond(sid, resp);
+                    refused_fails_job(ctx, sent);
+                }
                 None => self.waiting.push((sid, req)),
             }
         }
@@ -167,7 +170,8 @@ impl TreeSum {
             }
         } else if !self.sent_grad {
             self.sent_grad = true;
-            ctx.flag_meta_to_parents(GRAD);
+            let sent = ctx.flag_meta_to_parents(GRAD).map(drop);
+            refused_fails_job(ctx, sent);
         }
     }
 }
@@ -199,26 +203,32 @@ impl Task for TreeSum {
         self.waiting.clear();
         if self.id.0 == 0 {
             self.param = Some(epoch.0);
-            ctx.flag_meta_to_children(PARAM);
+            let sent = ctx.flag_meta_to_children(PARAM).map(drop);
+            refused_fails_job(ctx, sent);
             self.progress(ctx);
         }
     }
 
     fn parent_meta_ready(&mut self, ctx: &mut Context, parent: TaskId, meta: Bytes) {
         if meta.as_ref() == PARAM {
-            ctx.request_data(parent, PARAM);
+            let sent = ctx.request_data(parent, PARAM).map(drop);
+            refused_fails_job(ctx, sent);
         }
     }
 
     fn child_meta_ready(&mut self, ctx: &mut Context, child: TaskId, meta: Bytes) {
         if meta.as_ref() == GRAD {
-            ctx.request_data(child, GRAD);
+            let sent = ctx.request_data(child, GRAD).map(drop);
+            refused_fails_job(ctx, sent);
         }
     }
 
     fn serve(&mut self, ctx: &mut Context, _from: TaskId, _link: Link, id: ServeId, req: Bytes) {
         match self.answer(ctx, &req) {
-            Some(resp) => ctx.respond(id, resp),
+            Some(resp) => {
+                let sent = ctx.respond(id, resp);
+                refused_fails_job(ctx, sent);
+            }
             None => self.waiting.push((id, req)),
         }
     }
@@ -235,7 +245,8 @@ impl Task for TreeSum {
         match req.as_ref() {
             PARAM if self.param.is_none() => {
                 self.param = Some(v);
-                ctx.flag_meta_to_children(PARAM);
+                let sent = ctx.flag_meta_to_children(PARAM).map(drop);
+                refused_fails_job(ctx, sent);
             }
             GRAD => {
                 self.grads.insert(from, v);
@@ -243,5 +254,14 @@ impl Task for TreeSum {
             _ => {}
         }
         self.progress(ctx);
+    }
+}
+
+/// The application never sends anything a [`Context`] should refuse; if it
+/// is refused all the same, the job fails with the reason, for the checks
+/// to see.
+fn refused_fails_job(ctx: &mut Context, sent: Result<(), crate::CommandError>) {
+    if let Err(e) = sent {
+        ctx.fail_job(format!("tree_sum: a command was refused: {e}"));
     }
 }
