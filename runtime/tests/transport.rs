@@ -269,6 +269,17 @@ async fn frames_split_across_heartbeats_arrive_whole_and_silent_peers_are_droppe
     node.shutdown.stop();
 }
 
+/// An outbound connection's queue over `frames` (its byte counts start at 0).
+fn queue_of(
+    frames: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
+) -> taskgraph_runtime::transport::Queue {
+    taskgraph_runtime::transport::Queue {
+        frames,
+        bytes: Default::default(),
+        written: Default::default(),
+    }
+}
+
 /// Opens one outbound connection to `addr` expecting `expected` and returns
 /// how it ended, as the transport reports it to the node.
 async fn outbound_end(
@@ -278,7 +289,7 @@ async fn outbound_end(
     secret: Option<JobSecret>,
 ) -> taskgraph_core::Disconnect {
     use taskgraph_runtime::transport::{
-        run_outbound, OutboundTarget, Queue, TransportConfig, TransportEvent,
+        run_outbound, OutboundTarget, TransportConfig, TransportEvent,
     };
     let cfg = TransportConfig {
         node: NodeId(50),
@@ -288,11 +299,7 @@ async fn outbound_end(
         secret,
     };
     let (_queue_tx, frames) = tokio::sync::mpsc::unbounded_channel();
-    let queue = Queue {
-        frames,
-        bytes: Default::default(),
-        written: Default::default(),
-    };
+    let queue = queue_of(frames);
     let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let target = OutboundTarget {
         peer,
@@ -649,7 +656,14 @@ async fn a_recorded_connection_replayed_byte_for_byte_is_refused_at_the_handshak
         addr: proxy.addr.to_string(),
         session,
     };
-    let connector = tokio::spawn(run_outbound(cfg, SessionId(7), target, 1, queue, events));
+    let connector = tokio::spawn(run_outbound(
+        cfg,
+        SessionId(7),
+        target,
+        1,
+        queue_of(queue),
+        events,
+    ));
     // It reaches the core (which drops it: node 1 holds no role it is for).
     loop {
         match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
