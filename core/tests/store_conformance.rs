@@ -45,6 +45,7 @@ conformance_tests!(
     txn_reads_own_writes,
     txn_duplicate_keys_rejected,
     txn_op_limit,
+    request_size_limit,
     lease_grant_keepalive_revoke,
     lease_ttl_out_of_range_rejected,
     put_with_unknown_lease_rejected,

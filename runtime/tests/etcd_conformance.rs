@@ -209,6 +209,7 @@ checks_on_shared_server!(
     txn_reads_own_writes,
     txn_duplicate_keys_rejected,
     txn_op_limit,
+    request_size_limit,
     lease_ttl_out_of_range_rejected,
     put_with_unknown_lease_rejected,
     lease_expiry_deletes_keys,

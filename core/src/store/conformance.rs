@@ -87,6 +87,7 @@ pub fn all_checks() -> Vec<(&'static str, Check)> {
         ("txn_reads_own_writes", txn_reads_own_writes),
         ("txn_duplicate_keys_rejected", txn_duplicate_keys_rejected),
         ("txn_op_limit", txn_op_limit),
+        ("request_size_limit", request_size_limit),
         ("lease_grant_keepalive_revoke", lease_grant_keepalive_revoke),
         (
             "lease_ttl_out_of_range_rejected",
@@ -1245,6 +1246,60 @@ pub fn txn_op_limit(s: &mut dyn ConformanceStore) {
             matches!(result, Err(StoreError::InvalidRequest(_))),
             "{what}: answered {result:?}, expected InvalidRequest"
         );
+    }
+}
+
+/// etcd's default `--max-request-bytes` ([`super::MAX_REQUEST_BYTES`],
+/// 1.5 MiB): a put or transaction of 1 MiB is written; one of 1.75 MiB or
+/// 3 MiB is refused with InvalidRequest and writes nothing.
+pub fn request_size_limit(s: &mut dyn ConformanceStore) {
+    let mut c = Ctx::new(s, "request_size_limit");
+    let mib = |n: f64| Bytes::from(vec![b'x'; (n * 1024.0 * 1024.0) as usize]);
+    let at = c.revision();
+    let key = c.key("big");
+    let put = StoreOp::Put {
+        key: key.clone(),
+        value: mib(1.0),
+        lease: 0,
+    };
+    let result = c.apply(put);
+    ensure!(c, result.is_ok(), "a put of 1 MiB answered {result:?}");
+    ensure_eq!(c, c.revision(), at + 1, "the 1 MiB put is written");
+    for n in [1.75, 3.0] {
+        let at = c.revision();
+        let put = StoreOp::Put {
+            key: key.clone(),
+            value: mib(n),
+            lease: 0,
+        };
+        let result = c.apply(put);
+        ensure!(
+            c,
+            matches!(&result, Err(StoreError::InvalidRequest(_))),
+            "a put of {n} MiB answered {result:?}, expected InvalidRequest"
+        );
+        let txn = c.try_txn(
+            vec![],
+            vec![TxnOp::Put {
+                key: key.clone(),
+                value: mib(n),
+                lease: 0,
+            }],
+            vec![],
+        );
+        ensure!(
+            c,
+            matches!(&txn, Err(StoreError::InvalidRequest(_))),
+            "a txn putting {n} MiB answered {txn:?}, expected InvalidRequest"
+        );
+        ensure_eq!(
+            c,
+            c.revision(),
+            at,
+            "a refused write of {n} MiB wrote nothing"
+        );
+        let value = c.must_get("big").value;
+        ensure_eq!(c, value.len(), 1024 * 1024, "the key keeps its 1 MiB value");
     }
 }
 

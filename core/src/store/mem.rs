@@ -127,6 +127,34 @@ fn covers(target: &str, prefix: bool, key: &str) -> bool {
     }
 }
 
+/// etcd's answer to a write over its request limit.
+fn check_size(bytes: usize) -> Result<(), StoreError> {
+    if bytes > super::MAX_REQUEST_BYTES {
+        Err(invalid(format!(
+            "request is too large: {bytes} bytes of keys and values, at most {}",
+            super::MAX_REQUEST_BYTES
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// Bytes of keys and values in a transaction.
+fn txn_size(compares: &[Compare], success: &[TxnOp], failure: &[TxnOp]) -> usize {
+    let compares = compares.iter().map(|c| {
+        c.key.len()
+            + match &c.target {
+                super::CompareTarget::Value(v) => v.len(),
+                _ => 0,
+            }
+    });
+    let ops = success.iter().chain(failure).map(|op| match op {
+        TxnOp::Get { key, .. } | TxnOp::Delete { key, .. } => key.len(),
+        TxnOp::Put { key, value, .. } => key.len() + value.len(),
+    });
+    compares.chain(ops).fold(0usize, usize::saturating_add)
+}
+
 /// etcd rejects an empty key unless it stands for "every key" (a prefix).
 fn check_key(key: &str, prefix: bool) -> Result<(), StoreError> {
     if key.is_empty() && !prefix {
@@ -213,6 +241,7 @@ impl MemStore {
             }
             StoreOp::Put { key, value, lease } => {
                 check_key(&key, false)?;
+                check_size(key.len().saturating_add(value.len()))?;
                 self.check_lease(lease)?;
                 let mut write = self.begin();
                 self.put_key(&mut write, key, value, lease);
@@ -496,6 +525,7 @@ impl MemStore {
                 "too many operations in txn request (at most {MAX_TXN_OPS})"
             )));
         }
+        check_size(txn_size(&compares, &success, &failure))?;
         if compares.iter().any(|compare| compare.key.is_empty()) {
             return Err(invalid("key is not provided"));
         }

@@ -16,6 +16,16 @@ mod mem;
 
 pub use mem::MemStore;
 
+/// The largest write a store accepts, counted as the bytes of the keys and
+/// values of one put or transaction: etcd's default `--max-request-bytes`
+/// (1.5 MiB). [`MemStore`] refuses a larger one as etcd does, with
+/// [`StoreError::InvalidRequest`], so a job tried on the embedded store
+/// meets the same bound it will meet on etcd. What the core itself writes
+/// is far below it: names and addresses are bounded by
+/// [`NodeConfig::validate`](crate::NodeConfig::validate) and exit reasons
+/// by [`MAX_EXIT_REASON_LEN`](crate::MAX_EXIT_REASON_LEN).
+pub const MAX_REQUEST_BYTES: usize = 3 * 512 * 1024;
+
 /// A store revision. Starts at 1 on an empty store; every write bumps it by one.
 pub type Revision = i64;
 

@@ -36,6 +36,7 @@ const CODE_INVALID_ARGUMENT: i32 = 3;
 const CODE_NOT_FOUND: i32 = 5;
 const CODE_ALREADY_EXISTS: i32 = 6;
 const CODE_PERMISSION_DENIED: i32 = 7;
+const CODE_RESOURCE_EXHAUSTED: i32 = 8;
 const CODE_FAILED_PRECONDITION: i32 = 9;
 const CODE_OUT_OF_RANGE: i32 = 11;
 const CODE_UNIMPLEMENTED: i32 = 12;
@@ -269,6 +270,13 @@ impl EtcdStore {
                 let message = status.message();
                 if code == CODE_NOT_FOUND && message.contains("lease not found") {
                     return StoreError::LeaseNotFound(lease.unwrap_or(0));
+                }
+                if code == CODE_RESOURCE_EXHAUSTED && message.contains("larger than max") {
+                    // gRPC's own message size bound (etcd's request limit
+                    // plus 512 KiB): too large whenever it is tried.
+                    return StoreError::InvalidRequest(format!(
+                        "etcd rejected the request: {message}"
+                    ));
                 }
                 if code == CODE_OUT_OF_RANGE && message.contains("compacted") {
                     // etcd's error does not say up to where.
