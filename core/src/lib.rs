@@ -48,11 +48,17 @@
 //! impl Task for Sum {
 //!     fn epoch_changed(&mut self, ctx: &mut Context, _epoch: Epoch) {
 //!         if ctx.task() == TaskId(1) {
-//!             ctx.request_data(TaskId(0), "what is 6 x 7?");
+//!             // A refusal (a payload over the limit, too many requests
+//!             // waiting) is a typed error; nothing was sent.
+//!             if let Err(e) = ctx.request_data(TaskId(0), "what is 6 x 7?") {
+//!                 ctx.fail_job(e.to_string());
+//!             }
 //!         }
 //!     }
 //!     fn serve(&mut self, ctx: &mut Context, _from: TaskId, _link: Link, id: ServeId, _req: Bytes) {
-//!         ctx.respond(id, "42");
+//!         if let Err(e) = ctx.respond(id, "42") {
+//!             ctx.fail_job(e.to_string());
+//!         }
 //!     }
 //!     fn data_ready(&mut self, ctx: &mut Context, _from: TaskId, _id: RequestId, _req: Bytes, resp: Bytes) {
 //!         self.answers.lock().unwrap().push(resp);
