@@ -360,6 +360,235 @@ async fn a_connection_tells_a_dead_process_from_an_unreachable_one() {
     );
 }
 
+/// A peer that shakes hands with the job's secret, then reads nothing more
+/// and keeps the connection open (a frozen process: its kernel still
+/// acknowledges, with a closed window). The connector's writes stall once
+/// the socket buffers are full; the write bound of three heartbeats must end
+/// the connection as broken (no evidence about the peer's process), and the
+/// queue's counts must say exactly which frames were written.
+#[tokio::test(flavor = "current_thread")]
+async fn a_peer_that_stops_reading_is_dropped_as_broken_within_three_heartbeats() {
+    use bytes::Bytes;
+    use std::sync::atomic::Ordering;
+    use taskgraph_core::wire::{Body, Direction, Envelope};
+    use taskgraph_core::{Disconnect, Epoch, Incarnation, TaskId};
+    use taskgraph_runtime::transport::{
+        message_frame, run_outbound, OutboundTarget, TransportConfig, TransportEvent,
+    };
+    // 48 MiB: more than the socket buffers of both ends can hold (Linux
+    // grows them to at most tcp_wmem's 4 MiB and tcp_rmem's 6 MiB by
+    // default, 32 MiB where tuned up).
+    const FRAMES: u32 = 48;
+    const PAYLOAD: usize = 1 << 20;
+    const GENERATION: u64 = 4;
+    let logs = Logs::capture();
+    let secret = JobSecret::new("read what you are sent").expect("secret");
+    let heartbeat = Duration::from_millis(100);
+    let silence = heartbeat * 3;
+    let (peer, peer_session, me) = (NodeId(1), SessionId(3), NodeId(50));
+    let job = wire::job_tag("transport");
+
+    // The peer: answers the handshake as the real acceptor does, checks the
+    // connector's proof, then hands its end over to be left unread.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let addr = listener.local_addr().expect("addr");
+    let (shook_hands, stalled) = tokio::sync::oneshot::channel::<TcpStream>();
+    let peer_secret = secret.clone();
+    let _peer = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accepts");
+        let (kind, body) = read_frame(&mut s).await;
+        assert_eq!(kind, 1, "the connector starts with its handshake");
+        let theirs: Hello = postcard::from_bytes(&body).expect("a handshake");
+        assert_eq!((theirs.node, theirs.session), (me, SessionId(7)));
+        let ours = Hello {
+            magic: 0x5447_5246,
+            version: PROTOCOL_VERSION,
+            job,
+            node: peer,
+            session: peer_session,
+            nonce: auth::nonce(),
+        };
+        let challenge = Challenge {
+            job,
+            connector: (theirs.node, theirs.nonce),
+            acceptor: (peer, ours.nonce),
+        };
+        let mut answer = frame(1, &postcard::to_allocvec(&ours).expect("encodes"));
+        answer.extend(frame(
+            4,
+            &auth::proof(Some(&peer_secret), Side::Acceptor, &challenge),
+        ));
+        s.write_all(&answer).await.expect("answers");
+        let (kind, proof) = read_frame(&mut s).await;
+        assert_eq!(kind, 4, "then the connector's proof");
+        assert_eq!(
+            auth::verify(Some(&peer_secret), Side::Connector, &challenge, &proof),
+            Ok(()),
+            "the connector proves it knows the secret"
+        );
+        let _ = shook_hands.send(s);
+    });
+
+    // Valid message frames of a little over 1 MiB each, built beforehand.
+    let sent: Vec<Bytes> = (1..=FRAMES)
+        .map(|seq| {
+            message_frame(&Envelope {
+                version: PROTOCOL_VERSION,
+                job,
+                from_node: me,
+                from_session: SessionId(7),
+                seq: u64::from(seq),
+                from_task: TaskId(0),
+                incarnation: Incarnation(1),
+                epoch: Epoch(0),
+                to_task: TaskId(1),
+                to_incarnation: Incarnation(1),
+                body: Body::Meta {
+                    direction: Direction::ToChildren,
+                    flag: seq,
+                    meta: Bytes::from(vec![seq as u8; PAYLOAD]),
+                },
+            })
+        })
+        .collect();
+    let total: usize = sent.iter().map(Bytes::len).sum();
+
+    // A real outbound connection, with the job's secret.
+    let cfg = TransportConfig {
+        node: me,
+        job,
+        heartbeat,
+        connect_timeout: Duration::from_secs(1),
+        secret: Some(secret),
+    };
+    let (queue_tx, frames_rx) = tokio::sync::mpsc::unbounded_channel();
+    let queue = queue_of(frames_rx);
+    let (queued, written) = (queue.bytes.clone(), queue.written.clone());
+    let (events, mut outcome) = tokio::sync::mpsc::unbounded_channel();
+    let target = OutboundTarget {
+        peer,
+        addr: addr.to_string(),
+        session: peer_session,
+    };
+    let connector = tokio::spawn(run_outbound(
+        cfg,
+        SessionId(7),
+        target,
+        GENERATION,
+        queue,
+        events,
+    ));
+    let mut unread = tokio::time::timeout(Duration::from_secs(5), stalled)
+        .await
+        .expect("the handshake took over 5 s")
+        .expect("the peer's handshake failed");
+
+    // The queue filled as the node fills it (count first, then the frame).
+    // This thread runs the connector only once the test awaits, so every
+    // write starts after `filled`.
+    for f in &sent {
+        queued.fetch_add(f.len(), Ordering::Relaxed);
+        queue_tx.send(f.clone()).expect("queued");
+    }
+    let filled = tokio::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), outcome.recv())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no disconnect 10 s after the queue filled: the write to a peer that \
+                 stopped reading never gave up ({} of {total} bytes written)",
+                written.load(Ordering::Relaxed)
+            )
+        });
+    let took = filled.elapsed();
+    match ended {
+        Some(TransportEvent::Disconnected(p, GENERATION, Disconnect::Broken)) if p == peer => {}
+        other => panic!("expected Disconnected({peer}, {GENERATION}, Broken), got {other:?}"),
+    }
+    assert!(
+        took >= silence && took < silence + Duration::from_secs(2),
+        "reported broken {took:?} after the queue filled (the write bound is {silence:?})"
+    );
+    let timed_out = logs.lines_with(&[
+        "DEBUG",
+        "connection to peer failed",
+        &format!("peer silent for {silence:?}"),
+    ]);
+    assert_eq!(
+        timed_out.len(),
+        1,
+        "the write bound ended it: {timed_out:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(1), connector)
+        .await
+        .expect("the connection's task ended with its report")
+        .expect("no panic");
+
+    // Only whole frames count as written, and what is not written is still
+    // counted as queued.
+    let written = usize::try_from(written.load(Ordering::Relaxed)).expect("fits");
+    assert!(
+        written < total,
+        "all {total} bytes were written: the socket buffers never filled"
+    );
+    let whole = sent
+        .iter()
+        .scan(0, |sum, f| {
+            *sum += f.len();
+            Some(*sum)
+        })
+        .position(|sum| sum > written)
+        .expect("a frame was left unwritten");
+    let written_frames: usize = sent[..whole].iter().map(Bytes::len).sum();
+    assert_eq!(
+        written, written_frames,
+        "written counts {whole} whole frames and part of the next"
+    );
+    assert_eq!(
+        queued.load(Ordering::Relaxed),
+        total - written,
+        "bytes still queued"
+    );
+
+    // The connector closed its end: the peer, reading at last, gets exactly
+    // the frames counted as written, then part of the one whose write timed
+    // out, then the end of the stream.
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), unread.read_to_end(&mut got))
+        .await
+        .expect("the connector closed the connection")
+        .expect("reads to the end");
+    let parsed = frames(&got);
+    let consumed: usize = parsed.iter().map(|f| f.2.len()).sum();
+    let messages: Vec<&[u8]> = parsed.iter().filter(|f| f.0 == 2).map(|f| f.2).collect();
+    // (The peer read the handshake and proof before it stopped.)
+    let sequence = kinds(&got);
+    assert!(
+        sequence.iter().all(|k| *k == 2 || *k == 3),
+        "only messages and heartbeats: {sequence:?}"
+    );
+    assert_eq!(
+        messages.len(),
+        whole,
+        "the peer got whole messages: {sequence:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .zip(&sent)
+            .all(|(got, sent)| *got == &sent[..]),
+        "the peer got the first {whole} messages, in order"
+    );
+    assert!(
+        got.len() - consumed < sent[whole].len(),
+        "then part of message {}: {} bytes",
+        whole + 1,
+        got.len() - consumed
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_without_the_job_secret_are_refused_before_any_frame_reaches_the_core() {
     let secret = JobSecret::new("correct horse battery staple").expect("secret");
