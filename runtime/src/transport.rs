@@ -503,8 +503,15 @@ async fn outbound(
                 if last_heard.elapsed() > silence {
                     return Err(FrameError::Silent(silence));
                 }
-                wr.write_all(&frame(BEAT, &[])).await?;
-        wr.flush().await?;
+                // Bounded like any write: a peer that still sends but no
+                // longer reads must not hold this connection forever.
+                let write = async {
+                    wr.write_all(&frame(BEAT, &[])).await?;
+                    wr.flush().await
+                };
+                tokio::time::timeout(silence, write)
+                    .await
+                    .map_err(|_| FrameError::Silent(silence))??;
             }
         }
     }
