@@ -522,6 +522,8 @@ impl Node {
     /// Common start of every input: count it, and step down first if the
     /// lease deadline has passed (S2). Returns false if the node is stopped.
     fn input(&mut self, now: Instant) -> bool {
+        #[cfg(debug_assertions)]
+        self.check_request_counts();
         self.stats.inputs += 1;
         self.now = self.now.max(now);
         if self.phase == Phase::Stopped {
@@ -533,6 +535,22 @@ impl Node {
             }
         }
         true
+    }
+
+    /// The task's count of requests waiting per target (its back-pressure,
+    /// [`NodeConfig::max_pending_requests`]) matches the requests pending:
+    /// a drift would refuse requests forever or let them grow unbounded.
+    #[cfg(debug_assertions)]
+    fn check_request_counts(&self) {
+        let mut pending: BTreeMap<TaskId, usize> = BTreeMap::new();
+        for p in self.primary.pending.values() {
+            *pending.entry(p.to).or_default() += 1;
+        }
+        debug_assert_eq!(
+            pending, self.ctx.in_flight,
+            "node {}: requests pending per target differ from the context's counts",
+            self.cfg.node
+        );
     }
 
     fn step_down_deadline(&self, s: &Session) -> Instant {

@@ -101,6 +101,7 @@ impl Node {
         self.role = Role::Spare;
         self.task = None;
         self.primary = Default::default();
+        self.ctx.in_flight.clear();
         self.standby = Default::default();
     }
 
