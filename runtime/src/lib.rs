@@ -14,5 +14,7 @@ pub use driver::{
     Shutdown,
 };
 #[cfg(feature = "etcd")]
-pub use store::etcd::{EtcdCredentials, EtcdOptions, EtcdStore};
+pub use store::etcd::{
+    EtcdClientIdentity, EtcdCredentials, EtcdOptions, EtcdStore, EtcdTls, EtcdTlsFileError,
+};
 pub use store::{serve_store, MemStoreServer, RemoteStore, Store, StoreFuture, WatchStream};

@@ -20,7 +20,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use taskgraph_core::store::conformance::{self, ConformanceStore};
 use taskgraph_core::store::{Revision, StoreError, StoreOp, StoreResponse, WatchId, WatchResponse};
-use taskgraph_runtime::store::etcd::{EtcdOptions, EtcdStore};
+use taskgraph_runtime::store::etcd::{EtcdOptions, EtcdStore, EtcdTls};
 use taskgraph_runtime::{Store, WatchStream};
 
 /// The etcd server shared by the checks of this test binary (each check
@@ -571,4 +571,324 @@ fn etcd_with_authentication_needs_the_right_credentials() {
             other => panic!("{what} answered {other:?}"),
         }
     }
+}
+
+/// A scratch directory with the PEM files of one TLS test, removed when
+/// dropped.
+struct Pki {
+    dir: std::path::PathBuf,
+}
+
+/// A certificate authority made at test time: its certificate (PEM) and
+/// what it needs to sign others.
+struct TestCa {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let pem = params.self_signed(&key).expect("CA certificate").pem();
+        TestCa {
+            pem,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate for `names` (IP addresses or DNS names) signed by this
+    /// CA, for `usage`: its PEM and its key's PEM.
+    fn sign(
+        &self,
+        common_name: &str,
+        names: &[&str],
+        usage: rcgen::ExtendedKeyUsagePurpose,
+    ) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("leaf params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![usage];
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("leaf certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+impl Pki {
+    /// Makes a CA, a server certificate for 127.0.0.1 and localhost and a
+    /// client certificate, all signed by it, and a second CA that signed
+    /// nothing; writes them to a fresh directory: `ca.pem`, `server.pem`,
+    /// `server-key.pem`, `client.pem`, `client-key.pem`, `other-ca.pem`.
+    fn generate() -> Pki {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "taskgraph-etcd-tls-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        let pki = Pki { dir };
+        let ca = TestCa::new("taskgraph test CA");
+        let (server, server_key) = ca.sign(
+            "etcd",
+            &["127.0.0.1", "localhost"],
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client, client_key) =
+            ca.sign("taskgraph", &[], rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+        let other = TestCa::new("a CA that signed nothing here");
+        for (name, pem) in [
+            ("ca.pem", &ca.pem),
+            ("server.pem", &server),
+            ("server-key.pem", &server_key),
+            ("client.pem", &client),
+            ("client-key.pem", &client_key),
+            ("other-ca.pem", &other.pem),
+        ] {
+            let path = pki.path(name);
+            std::fs::write(&path, pem)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        }
+        pki
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join(name)
+    }
+
+    /// A single-member etcd serving clients over TLS with this PKI's server
+    /// certificate and requiring client certificates signed by its CA.
+    fn start_etcd(&self) -> EtcdServer {
+        EtcdServer::start_tls(common::ServerTls {
+            cert: self.path("server.pem"),
+            key: self.path("server-key.pem"),
+            trusted_ca: self.path("ca.pem"),
+        })
+    }
+
+    /// Options that trust `ca` (a file name in this PKI) and present the
+    /// client certificate if `client_certificate`, with short bounds.
+    fn options(&self, ca: &str, client_certificate: bool) -> EtcdOptions {
+        let mut tls = EtcdTls::from_pem_file(self.path(ca)).expect("the CA file reads");
+        if client_certificate {
+            tls = tls
+                .with_client_identity_files(self.path("client.pem"), self.path("client-key.pem"))
+                .expect("the client certificate files read");
+        }
+        EtcdOptions {
+            tls: Some(tls),
+            ..tls_test_options()
+        }
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Bounds of the TLS tests' failing connects.
+fn tls_test_options() -> EtcdOptions {
+    EtcdOptions {
+        op_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+        ..EtcdOptions::default()
+    }
+}
+
+/// Connecting with `options` to `endpoint` must fail with
+/// [`StoreError::Unavailable`], before the connect bound (plus a margin) has
+/// passed: the message.
+fn failed_connect(endpoint: &str, options: EtcdOptions) -> String {
+    let bound = options.connect_timeout + options.op_timeout;
+    let rt = runtime();
+    let started = Instant::now();
+    let result = rt.block_on(EtcdStore::connect(&[endpoint.to_owned()], options));
+    let elapsed = started.elapsed();
+    let message = match result {
+        Err(StoreError::Unavailable(message)) => message,
+        other => panic!("connect to {endpoint} answered {other:?}"),
+    };
+    eprintln!("connect to {endpoint} failed after {elapsed:?}: {message}");
+    assert!(
+        elapsed < bound + Duration::from_secs(1),
+        "connect took {elapsed:?}, its bound is {bound:?}"
+    );
+    assert!(
+        message.contains(endpoint),
+        "the error does not name {endpoint}: {message}"
+    );
+    message
+}
+
+/// (a) etcd over TLS with `--client-cert-auth`: the CA that signed its
+/// certificate and a client certificate it trusts make a working store, and
+/// the client key never shows in the options' `Debug`.
+#[test]
+fn etcd_over_tls_with_the_right_ca_and_client_certificate_works() {
+    let pki = Pki::generate();
+    let server = pki.start_etcd();
+    assert!(
+        server.endpoint.starts_with("https://"),
+        "{}",
+        server.endpoint
+    );
+    let options = pki.options("ca.pem", true);
+    let key = std::fs::read_to_string(pki.path("client-key.pem")).expect("client key");
+    let key_body = key.lines().nth(1).expect("a PEM body line");
+    assert!(
+        !format!("{options:?}").contains(key_body),
+        "the client key shows in {options:?}"
+    );
+    let rt = runtime();
+    let store = rt
+        .block_on(EtcdStore::connect(
+            std::slice::from_ref(&server.endpoint),
+            options,
+        ))
+        .unwrap_or_else(|e| panic!("connect over TLS: {e}\n{}", server.log_tail(0)));
+    let put = StoreOp::Put {
+        key: "tls-check".into(),
+        value: bytes::Bytes::from_static(b"over tls"),
+        lease: 0,
+    };
+    rt.block_on(store.execute(put)).expect("a put over TLS");
+    let get = StoreOp::Get {
+        key: "tls-check".into(),
+        prefix: false,
+    };
+    match rt.block_on(store.execute(get)) {
+        Ok(StoreResponse::Get { kvs, .. }) => {
+            assert_eq!(kvs.len(), 1, "{kvs:?}");
+            assert_eq!(kvs[0].value, bytes::Bytes::from_static(b"over tls"));
+        }
+        other => panic!("a get over TLS answered {other:?}"),
+    }
+}
+
+/// (b) The right CA but no client certificate, against an etcd that requires
+/// one: connect fails within its bound, saying TLS failed and that it is a
+/// certificate problem (etcd's alert).
+#[test]
+fn etcd_over_tls_without_a_client_certificate_fails() {
+    let pki = Pki::generate();
+    let server = pki.start_etcd();
+    let message = failed_connect(&server.endpoint, pki.options("ca.pem", false));
+    let diagnosis = format!("TLS with {} failed: ", server.endpoint);
+    let Some((_, why)) = message.split_once(&diagnosis) else {
+        panic!("the error does not say TLS failed: {message}");
+    };
+    assert!(
+        why.to_lowercase().contains("certificate"),
+        "the error does not say it is a certificate problem: {message}"
+    );
+}
+
+/// (c) A CA that did not sign etcd's certificate: connect fails within its
+/// bound, saying TLS failed because etcd's certificate has an unknown issuer.
+#[test]
+fn etcd_over_tls_with_the_wrong_ca_fails() {
+    let pki = Pki::generate();
+    let server = pki.start_etcd();
+    let message = failed_connect(&server.endpoint, pki.options("other-ca.pem", true));
+    assert!(
+        message.contains(&format!(
+            "TLS with {} failed: invalid peer certificate: UnknownIssuer",
+            server.endpoint
+        )),
+        "the error does not say etcd's certificate has an unknown issuer: {message}"
+    );
+}
+
+/// (d) Plaintext options against etcd's TLS port fail within the bound with
+/// an error that says the endpoint answers TLS and what to set, whether the
+/// endpoint says `http://` or nothing; TLS options against a plaintext etcd
+/// fail saying the server closed the connection during the TLS handshake;
+/// and a scheme that
+/// contradicts the options is refused at once.
+#[test]
+fn etcd_over_tls_refuses_plaintext() {
+    let pki = Pki::generate();
+    let server = pki.start_etcd();
+    let address = server
+        .endpoint
+        .strip_prefix("https://")
+        .expect("an https endpoint")
+        .to_owned();
+    for endpoint in [format!("http://{address}"), address.clone()] {
+        let message = failed_connect(&endpoint, tls_test_options());
+        assert!(
+            message.contains(&format!(
+                "{endpoint} answers TLS: set EtcdOptions::tls (the CA that signed etcd's \
+                 certificate) and use https://"
+            )),
+            "the error does not say that {endpoint} answers TLS: {message}"
+        );
+    }
+    let plaintext_etcd = shared_server().endpoint.replace("http://", "https://");
+    let message = failed_connect(&plaintext_etcd, pki.options("ca.pem", true));
+    assert!(
+        message.contains(&format!(
+            "TLS with {plaintext_etcd} failed: the server closed the connection during the \
+             TLS handshake"
+        )) && message.ends_with("does it serve TLS?"),
+        "the error does not say the TLS handshake failed: {message}"
+    );
+    let rt = runtime();
+    let started = Instant::now();
+    let https_without_tls = rt.block_on(EtcdStore::connect(
+        std::slice::from_ref(&server.endpoint),
+        tls_test_options(),
+    ));
+    match https_without_tls {
+        Err(StoreError::InvalidRequest(m)) => assert!(
+            m.contains(&format!(
+                "etcd endpoint {} is https:// but EtcdOptions::tls is not set",
+                server.endpoint
+            )),
+            "{m}"
+        ),
+        other => panic!("https:// without TLS options answered {other:?}"),
+    }
+    let http = format!("http://{address}");
+    let http_with_tls = rt.block_on(EtcdStore::connect(
+        std::slice::from_ref(&http),
+        pki.options("ca.pem", true),
+    ));
+    match http_with_tls {
+        Err(StoreError::InvalidRequest(m)) => assert!(
+            m.contains(&format!(
+                "etcd endpoint {http} is plaintext http:// but EtcdOptions::tls is set"
+            )),
+            "{m}"
+        ),
+        other => panic!("http:// with TLS options answered {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refusing a contradicting scheme took {:?}",
+        started.elapsed()
+    );
 }

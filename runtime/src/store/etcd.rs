@@ -10,6 +10,7 @@ use super::{Store, StoreFuture, WatchStream};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +33,8 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const PROBE_KEY: &str = "/";
 
 // gRPC status codes (tonic's `Code` as i32).
+const CODE_CANCELLED: i32 = 1;
+const CODE_UNKNOWN: i32 = 2;
 const CODE_INVALID_ARGUMENT: i32 = 3;
 const CODE_NOT_FOUND: i32 = 5;
 const CODE_ALREADY_EXISTS: i32 = 6;
@@ -40,6 +43,7 @@ const CODE_RESOURCE_EXHAUSTED: i32 = 8;
 const CODE_FAILED_PRECONDITION: i32 = 9;
 const CODE_OUT_OF_RANGE: i32 = 11;
 const CODE_UNIMPLEMENTED: i32 = 12;
+const CODE_UNAVAILABLE: i32 = 14;
 const CODE_UNAUTHENTICATED: i32 = 16;
 
 /// How an [`EtcdStore`] talks to etcd.
@@ -51,6 +55,11 @@ pub struct EtcdOptions {
     pub connect_timeout: Duration,
     /// User and password, for an etcd with authentication enabled.
     pub credentials: Option<EtcdCredentials>,
+    /// TLS to etcd: the CA that signed etcd's certificate and, for an etcd
+    /// started with `--client-cert-auth`, a client certificate. With it,
+    /// endpoints must be `https://host:port` (or `host:port`); without it,
+    /// `http://host:port` (or `host:port`).
+    pub tls: Option<EtcdTls>,
 }
 
 impl Default for EtcdOptions {
@@ -59,6 +68,7 @@ impl Default for EtcdOptions {
             op_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
             credentials: None,
+            tls: None,
         }
     }
 }
@@ -77,6 +87,251 @@ impl std::fmt::Debug for EtcdCredentials {
         f.debug_struct("EtcdCredentials")
             .field("user", &self.user)
             .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// TLS settings for the connection to etcd (see [`EtcdOptions::tls`]).
+///
+/// Its `Debug` shows the sizes of the certificates and never the client's
+/// private key.
+///
+/// ```no_run
+/// use taskgraph_runtime::{EtcdOptions, EtcdTls};
+///
+/// # fn main() -> Result<(), taskgraph_runtime::EtcdTlsFileError> {
+/// let tls = EtcdTls::from_pem_file("/etc/etcd/ca.pem")?
+///     .with_client_identity_files("/etc/etcd/client.pem", "/etc/etcd/client-key.pem")?;
+/// let options = EtcdOptions {
+///     tls: Some(tls),
+///     ..EtcdOptions::default()
+/// };
+/// // EtcdStore::connect(&["https://10.0.0.1:2379".to_string()], options)
+/// # let _ = options;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// PEM of the certificate authority (one or more `CERTIFICATE` blocks)
+    /// that etcd's server certificate must chain to. Only these are trusted:
+    /// the system's roots are not used.
+    pub ca_certificate_pem: Vec<u8>,
+    /// The certificate and key presented to etcd, for an etcd started with
+    /// `--client-cert-auth`.
+    pub client_identity: Option<EtcdClientIdentity>,
+    /// The name etcd's certificate must be valid for, instead of the host of
+    /// the endpoint (e.g. when the endpoints are IP addresses and the
+    /// certificate names only a DNS name).
+    pub domain_name: Option<String>,
+}
+
+/// A client certificate and its private key, both PEM (see
+/// [`EtcdTls::client_identity`]). Its `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdClientIdentity {
+    /// PEM of the client certificate (and any intermediate certificates).
+    pub certificate_pem: Vec<u8>,
+    /// PEM of the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: Vec<u8>,
+}
+
+/// A PEM file for [`EtcdTls`] that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the etcd TLS {what} {}: {source}", path.display())]
+pub struct EtcdTlsFileError {
+    what: &'static str,
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+impl EtcdTlsFileError {
+    /// The file that could not be read.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Why it could not be read.
+    pub fn io_error(&self) -> &std::io::Error {
+        &self.source
+    }
+}
+
+/// Reads a PEM file; `what` names it in the error.
+fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, EtcdTlsFileError> {
+    std::fs::read(path).map_err(|source| EtcdTlsFileError {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl EtcdTls {
+    /// Trusts the CA certificate(s) in `ca_certificate_pem`, with no client
+    /// certificate and no domain name override.
+    pub fn from_pem(ca_certificate_pem: impl Into<Vec<u8>>) -> EtcdTls {
+        EtcdTls {
+            ca_certificate_pem: ca_certificate_pem.into(),
+            client_identity: None,
+            domain_name: None,
+        }
+    }
+
+    /// Trusts the CA certificate(s) in the PEM file at `ca_path`. Fails,
+    /// naming the path, if the file cannot be read (its content is checked
+    /// by [`EtcdStore::connect`]).
+    pub fn from_pem_file(ca_path: impl AsRef<Path>) -> Result<EtcdTls, EtcdTlsFileError> {
+        let pem = read_pem("CA certificate", ca_path.as_ref())?;
+        Ok(EtcdTls::from_pem(pem))
+    }
+
+    /// Presents the client certificate `certificate_pem` with its private key
+    /// `key_pem` to etcd.
+    pub fn with_client_identity(
+        mut self,
+        certificate_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> EtcdTls {
+        self.client_identity = Some(EtcdClientIdentity {
+            certificate_pem: certificate_pem.into(),
+            key_pem: key_pem.into(),
+        });
+        self
+    }
+
+    /// Presents the client certificate in the PEM file `certificate_path`
+    /// with the private key in the PEM file `key_path`. Fails, naming the
+    /// path, if either file cannot be read.
+    pub fn with_client_identity_files(
+        self,
+        certificate_path: impl AsRef<Path>,
+        key_path: impl AsRef<Path>,
+    ) -> Result<EtcdTls, EtcdTlsFileError> {
+        let certificate = read_pem("client certificate", certificate_path.as_ref())?;
+        let key = read_pem("client key", key_path.as_ref())?;
+        Ok(self.with_client_identity(certificate, key))
+    }
+
+    /// Checks etcd's certificate against `domain_name` instead of the
+    /// endpoint's host.
+    pub fn with_domain_name(mut self, domain_name: impl Into<String>) -> EtcdTls {
+        self.domain_name = Some(domain_name.into());
+        self
+    }
+
+    /// Parses the PEM fields: a clear error now rather than a failed
+    /// handshake later.
+    fn parse(&self) -> Result<ParsedTls, StoreError> {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let invalid = |what: &str, why: String| {
+            StoreError::InvalidRequest(format!("EtcdOptions::tls: the {what} {why}"))
+        };
+        let certificates = |what: &str, pem: &[u8]| {
+            let chain = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid(what, format!("is not valid PEM: {e}")))?;
+            if chain.is_empty() {
+                return Err(invalid(what, "holds no PEM CERTIFICATE block".into()));
+            }
+            Ok(chain)
+        };
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        for certificate in certificates("CA certificate", &self.ca_certificate_pem)? {
+            roots
+                .add(certificate)
+                .map_err(|e| invalid("CA certificate", format!("is not usable: {e}")))?;
+        }
+        let builder = client_config_builder()
+            .map_err(|e| invalid("settings", format!("cannot be used: {e}")))?
+            .with_root_certificates(roots);
+        let mut config = match &self.client_identity {
+            Some(identity) => {
+                let chain = certificates("client certificate", &identity.certificate_pem)?;
+                let key = PrivateKeyDer::from_pem_slice(&identity.key_pem).map_err(|e| {
+                    invalid(
+                        "client key",
+                        format!("holds no usable PEM PRIVATE KEY: {e}"),
+                    )
+                })?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    invalid(
+                        "client key",
+                        format!("cannot be used with the client certificate: {e}"),
+                    )
+                })?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        // As the gRPC client does.
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(ParsedTls {
+            config: Arc::new(config),
+        })
+    }
+
+    /// The client's TLS options.
+    fn to_client(&self) -> etcd_client::TlsOptions {
+        let mut tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(&self.ca_certificate_pem));
+        if let Some(identity) = &self.client_identity {
+            tls = tls.identity(etcd_client::Identity::from_pem(
+                &identity.certificate_pem,
+                &identity.key_pem,
+            ));
+        }
+        if let Some(domain_name) = &self.domain_name {
+            tls = tls.domain_name(domain_name.clone());
+        }
+        tls
+    }
+}
+
+/// [`EtcdTls`] parsed, for the diagnostic handshake of a failed connect.
+struct ParsedTls {
+    config: Arc<tokio_rustls::rustls::ClientConfig>,
+}
+
+/// A rustls configuration builder with the provider tonic uses too: the
+/// process default, else ring (the diagnostic handshake needs no
+/// post-quantum key exchange, hence the allow).
+fn client_config_builder() -> Result<
+    tokio_rustls::rustls::ConfigBuilder<
+        tokio_rustls::rustls::ClientConfig,
+        tokio_rustls::rustls::WantsVerifier,
+    >,
+    tokio_rustls::rustls::Error,
+> {
+    use tokio_rustls::rustls;
+    let provider = match rustls::crypto::CryptoProvider::get_default() {
+        Some(provider) => provider.clone(),
+        #[allow(deprecated)]
+        None => Arc::new(rustls::crypto::ring::default_provider()),
+    };
+    rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field(
+                "ca_certificate_pem",
+                &format_args!("<{} bytes>", self.ca_certificate_pem.len()),
+            )
+            .field("client_identity", &self.client_identity)
+            .field("domain_name", &self.domain_name)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for EtcdClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdClientIdentity")
+            .field(
+                "certificate_pem",
+                &format_args!("<{} bytes>", self.certificate_pem.len()),
+            )
+            .field("key_pem", &"<redacted>")
             .finish()
     }
 }
@@ -131,12 +386,18 @@ impl std::fmt::Debug for EtcdStore {
 }
 
 impl EtcdStore {
-    /// Connects to the etcd cluster at `endpoints` (`host:port` or
-    /// `http://host:port`) and checks that it answers a read. Fails with
-    /// [`StoreError::Unavailable`] naming the endpoints when no endpoint can
-    /// be reached or the cluster does not answer within
-    /// `connect_timeout + op_timeout`. Never retries: that is the caller's
-    /// job.
+    /// Connects to the etcd cluster at `endpoints` and checks that it
+    /// answers a read. Endpoints are `http://host:port`, or
+    /// `https://host:port` with [`EtcdOptions::tls`] set, or `host:port`
+    /// (TLS if and only if [`EtcdOptions::tls`] is set).
+    ///
+    /// Fails with [`StoreError::InvalidRequest`] when an endpoint's scheme
+    /// does not match [`EtcdOptions::tls`] or the TLS settings hold no PEM
+    /// certificate (or key). Fails with [`StoreError::Unavailable`] naming
+    /// the endpoints when no endpoint can be reached, a TLS handshake fails
+    /// (the reason says why, e.g. an unknown issuer) or the cluster does not
+    /// answer within `connect_timeout + op_timeout`. Never retries: that is
+    /// the caller's job.
     pub async fn connect(
         endpoints: &[String],
         options: EtcdOptions,
@@ -144,6 +405,8 @@ impl EtcdStore {
         if endpoints.is_empty() {
             return Err(StoreError::InvalidRequest("no etcd endpoints given".into()));
         }
+        check_schemes(endpoints, options.tls.is_some())?;
+        let parsed_tls = options.tls.as_ref().map(EtcdTls::parse).transpose()?;
         let described = endpoints.join(",");
 
         // Fail fast, with the reason, when no endpoint accepts a connection:
@@ -177,6 +440,10 @@ impl EtcdStore {
             Some(c) => connect_options.with_user(c.user.clone(), c.password.clone()),
             None => connect_options,
         };
+        let connect_options = match &options.tls {
+            Some(tls) => connect_options.with_tls(tls.to_client()),
+            None => connect_options,
+        };
         let setup = async {
             let client = etcd_client::Client::connect(endpoints, Some(connect_options)).await?;
             let mut kv = client
@@ -187,12 +454,27 @@ impl EtcdStore {
             Ok::<_, etcd_client::Error>(client)
         };
         let bound = options.connect_timeout + options.op_timeout;
-        let client = match tokio::time::timeout(bound, setup).await {
+        let deadline = tokio::time::Instant::now() + bound;
+        let client = match tokio::time::timeout_at(deadline, setup).await {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => {
-                return Err(StoreError::Unavailable(format!(
-                    "cannot use etcd at {described}: {e}"
-                )))
+                let mut message = format!("cannot use etcd at {described}: {e}");
+                if is_transport_failure(&e) {
+                    // The client's error may have lost the TLS reason (a
+                    // rejected client certificate closes the connection
+                    // under the first request): ask the endpoints directly,
+                    // within what is left of the bound.
+                    let diagnosis = diagnose_tls(
+                        endpoints,
+                        options.tls.as_ref().zip(parsed_tls.as_ref()),
+                        options.connect_timeout,
+                    );
+                    if let Ok(Some(why)) = tokio::time::timeout_at(deadline, diagnosis).await {
+                        message.push_str("; ");
+                        message.push_str(&why);
+                    }
+                }
+                return Err(StoreError::Unavailable(message));
             }
             Err(_) => {
                 return Err(StoreError::Unavailable(format!(
@@ -616,13 +898,154 @@ fn lock_map<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Opens (and closes) a TCP connection to `endpoint`.
-async fn tcp_check(endpoint: &str, timeout: Duration) -> Result<(), String> {
+/// Checks that every endpoint's scheme agrees with whether TLS is set: the
+/// client would otherwise wait in vain for a connection that speaks the
+/// other protocol.
+fn check_schemes(endpoints: &[String], tls: bool) -> Result<(), StoreError> {
+    for endpoint in endpoints {
+        if tls && endpoint.starts_with("http://") {
+            return Err(StoreError::InvalidRequest(format!(
+                "etcd endpoint {endpoint} is plaintext http:// but EtcdOptions::tls is set: \
+                 use https://"
+            )));
+        }
+        if !tls && endpoint.starts_with("https://") {
+            return Err(StoreError::InvalidRequest(format!(
+                "etcd endpoint {endpoint} is https:// but EtcdOptions::tls is not set: \
+                 set it (the CA that signed etcd's certificate) or use http://"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `error` is the connection failing rather than etcd answering.
+fn is_transport_failure(error: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match error {
+        E::TransportError(_) | E::IoError(_) => true,
+        E::GRpcStatus(status) => {
+            matches!(
+                i32::from(status.code()),
+                CODE_CANCELLED | CODE_UNKNOWN | CODE_UNAVAILABLE
+            )
+        }
+        _ => false,
+    }
+}
+
+/// How long the diagnostic handshake waits for an alert after the
+/// handshake (with TLS 1.3, a rejected client certificate is only reported
+/// then).
+const ALERT_WAIT: Duration = Duration::from_secs(1);
+
+/// Why TLS with `endpoints` fails, found by a handshake of our own with
+/// each, each within `timeout`. Without `tls` (a plaintext connect that
+/// broke): whether an endpoint answers TLS (it sends a certificate). With
+/// `tls`: the first endpoint whose handshake with these settings fails, or
+/// whose server ends the connection right after it, and why. `None` when
+/// nothing was found.
+async fn diagnose_tls(
+    endpoints: &[String],
+    tls: Option<(&EtcdTls, &ParsedTls)>,
+    timeout: Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    use tokio_rustls::rustls;
+    let config = match tls {
+        None => {
+            let mut config = client_config_builder()
+                .ok()?
+                // Trusts nothing: only whether the server sends a certificate counts.
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            Arc::new(config)
+        }
+        Some((_, parsed)) => parsed.config.clone(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(config);
+    for endpoint in endpoints {
+        let address = host_port(endpoint);
+        let host = match tls.and_then(|(settings, _)| settings.domain_name.as_deref()) {
+            Some(domain_name) => domain_name,
+            None => {
+                let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+                host.trim_start_matches('[').trim_end_matches(']')
+            }
+        };
+        let Ok(name) = rustls::pki_types::ServerName::try_from(host.to_owned()) else {
+            continue;
+        };
+        let attempt = async {
+            let tcp = tokio::net::TcpStream::connect(address).await?;
+            let mut stream = connector.connect(name, tcp).await.map_err(|e| {
+                if rustls_error(&e).is_some() {
+                    e
+                } else {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "the server closed the connection during the TLS handshake \
+                             ({e}): does it serve TLS?"
+                        ),
+                    )
+                }
+            })?;
+            // A server that accepted us now waits for the client to speak.
+            let mut byte = [0u8; 1];
+            match tokio::time::timeout(ALERT_WAIT, stream.read(&mut byte)).await {
+                Ok(Ok(0)) => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection right after the TLS handshake",
+                )),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(_)) | Err(_) => Ok(()),
+            }
+        };
+        let outcome = match tokio::time::timeout(timeout, attempt).await {
+            Ok(outcome) => outcome,
+            Err(_) => continue,
+        };
+        match (tls, outcome) {
+            (None, Err(e)) if is_certificate_error(&e) => {
+                return Some(format!(
+                    "{endpoint} answers TLS: set EtcdOptions::tls (the CA that signed \
+                     etcd's certificate) and use https://"
+                ));
+            }
+            (Some(_), Err(e)) => return Some(format!("TLS with {endpoint} failed: {e}")),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The TLS error inside `error`, if it is one.
+fn rustls_error(error: &std::io::Error) -> Option<&tokio_rustls::rustls::Error> {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>())
+}
+
+/// Whether `error` is rustls refusing the server's certificate.
+fn is_certificate_error(error: &std::io::Error) -> bool {
+    rustls_error(error)
+        .is_some_and(|e| matches!(e, tokio_rustls::rustls::Error::InvalidCertificate(_)))
+}
+
+/// `endpoint` without its scheme and path: `host:port`.
+fn host_port(endpoint: &str) -> &str {
     let address = endpoint
         .strip_prefix("http://")
         .or_else(|| endpoint.strip_prefix("https://"))
         .unwrap_or(endpoint);
-    let address = address.split('/').next().unwrap_or(address);
+    address.split('/').next().unwrap_or(address)
+}
+
+/// Opens (and closes) a TCP connection to `endpoint`.
+async fn tcp_check(endpoint: &str, timeout: Duration) -> Result<(), String> {
+    let address = host_port(endpoint);
     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
@@ -735,4 +1158,136 @@ fn convert_watch_response(
         compact_revision,
         canceled,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAKE_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    const FAKE_KEY: &str =
+        "-----BEGIN PRIVATE KEY-----\nsecret-key-body\n-----END PRIVATE KEY-----\n";
+
+    fn scratch_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "taskgraph-etcd-tls-unit-{}-{name}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    #[test]
+    fn tls_files_that_cannot_be_read_are_named() {
+        let dir = scratch_dir("files");
+        let missing_ca = dir.join("no-such-ca.pem");
+        let e = EtcdTls::from_pem_file(&missing_ca).expect_err("a missing CA file");
+        assert_eq!(e.path(), missing_ca);
+        assert_eq!(e.io_error().kind(), std::io::ErrorKind::NotFound);
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with(&format!(
+                "cannot read the etcd TLS CA certificate {}: ",
+                missing_ca.display()
+            )),
+            "{shown}"
+        );
+
+        let ca = dir.join("ca.pem");
+        let cert = dir.join("client.pem");
+        std::fs::write(&ca, FAKE_CERT).expect("write");
+        std::fs::write(&cert, FAKE_CERT).expect("write");
+        let tls = EtcdTls::from_pem_file(&ca).expect("the CA file reads");
+        assert_eq!(tls, EtcdTls::from_pem(FAKE_CERT));
+        let missing_key = dir.join("no-such-key.pem");
+        let e = tls
+            .clone()
+            .with_client_identity_files(&cert, &missing_key)
+            .expect_err("a missing key file");
+        assert_eq!(e.path(), missing_key);
+        assert!(
+            e.to_string().starts_with(&format!(
+                "cannot read the etcd TLS client key {}: ",
+                missing_key.display()
+            )),
+            "{e}"
+        );
+        let missing_cert = dir.join("no-such-client.pem");
+        let e = tls
+            .with_client_identity_files(&missing_cert, &ca)
+            .expect_err("a missing client certificate file");
+        assert!(
+            e.to_string().starts_with(&format!(
+                "cannot read the etcd TLS client certificate {}: ",
+                missing_cert.display()
+            )),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tls_debug_never_shows_the_client_key() {
+        let options = EtcdOptions {
+            tls: Some(
+                EtcdTls::from_pem(FAKE_CERT)
+                    .with_client_identity(FAKE_CERT, FAKE_KEY)
+                    .with_domain_name("etcd.example"),
+            ),
+            ..EtcdOptions::default()
+        };
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("secret-key-body"), "{shown}");
+        assert!(shown.contains("key_pem: \"<redacted>\""), "{shown}");
+        assert!(shown.contains("etcd.example"), "{shown}");
+    }
+
+    #[test]
+    fn tls_settings_without_pem_are_refused_before_connecting() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        // Port 1 on loopback: nothing is contacted if the settings are refused.
+        let endpoints = ["https://127.0.0.1:1".to_owned()];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let real = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate")
+            .pem();
+        let other_key = rcgen::KeyPair::generate().expect("key").serialize_pem();
+        let cases = [
+            (
+                EtcdTls::from_pem("not pem"),
+                "the CA certificate holds no PEM CERTIFICATE block",
+            ),
+            (
+                EtcdTls::from_pem(FAKE_CERT),
+                "the CA certificate is not usable",
+            ),
+            (
+                EtcdTls::from_pem(real.clone()).with_client_identity("not pem", FAKE_KEY),
+                "the client certificate holds no PEM CERTIFICATE block",
+            ),
+            (
+                EtcdTls::from_pem(real.clone()).with_client_identity(real.clone(), real.clone()),
+                "the client key holds no usable PEM PRIVATE KEY",
+            ),
+            (
+                EtcdTls::from_pem(real.clone()).with_client_identity(real.clone(), other_key),
+                "the client key cannot be used with the client certificate",
+            ),
+        ];
+        for (tls, expected) in cases {
+            let options = EtcdOptions {
+                tls: Some(tls),
+                ..EtcdOptions::default()
+            };
+            match rt.block_on(EtcdStore::connect(&endpoints, options)) {
+                Err(StoreError::InvalidRequest(m)) => assert!(m.contains(expected), "{m}"),
+                other => panic!("expected {expected:?}, got {other:?}"),
+            }
+        }
+    }
 }

@@ -24,11 +24,24 @@ static STARTED: AtomicUsize = AtomicUsize::new(0);
 /// when dropped.
 #[derive(Debug)]
 pub struct EtcdServer {
-    /// Client URL of the first member, e.g. `http://127.0.0.1:41234`.
+    /// Client URL of the first member, e.g. `http://127.0.0.1:41234`
+    /// (`https://…` for [`EtcdServer::start_tls`]).
     pub endpoint: String,
     /// Client URLs of every member, in member order.
     pub endpoints: Vec<String>,
     members: Vec<Member>,
+}
+
+/// The files an etcd serving clients over TLS reads (PEM).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// The server's certificate (`--cert-file`).
+    pub cert: PathBuf,
+    /// Its private key (`--key-file`).
+    pub key: PathBuf,
+    /// The CA that client certificates must chain to (`--trusted-ca-file`);
+    /// clients must present one (`--client-cert-auth`).
+    pub trusted_ca: PathBuf,
 }
 
 #[derive(Debug)]
@@ -36,6 +49,10 @@ struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// Where `/health` is served over plain HTTP: the client port, or with
+    /// TLS a separate `--listen-metrics-urls` port.
+    health_port: u16,
+    tls: Option<ServerTls>,
     /// Holds `data/` and `etcd.log`.
     dir: PathBuf,
     /// `--initial-cluster` of the whole cluster.
@@ -56,6 +73,17 @@ impl EtcdServer {
     /// An `n`-member cluster on 127.0.0.1, every member with its own client
     /// and peer port, ready to answer (every member healthy).
     pub fn start_cluster(n: usize) -> EtcdServer {
+        Self::start_members(n, None)
+    }
+
+    /// A single-member etcd that serves clients only over TLS with `tls`'s
+    /// certificate and requires client certificates signed by its trusted
+    /// CA, ready to answer.
+    pub fn start_tls(tls: ServerTls) -> EtcdServer {
+        Self::start_members(1, Some(tls))
+    }
+
+    fn start_members(n: usize, tls: Option<ServerTls>) -> EtcdServer {
         assert!(n >= 1, "a cluster needs at least one member");
         let binary = etcd_binary();
         let serial = STARTED.fetch_add(1, Ordering::Relaxed);
@@ -63,12 +91,12 @@ impl EtcdServer {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let tag = format!("{}-{serial}-{nanos}", std::process::id());
-        let ports = free_ports(2 * n);
+        let ports = free_ports(3 * n);
         let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
         let initial_cluster = names
             .iter()
             .enumerate()
-            .map(|(i, name)| format!("{name}=http://127.0.0.1:{}", ports[2 * i + 1]))
+            .map(|(i, name)| format!("{name}=http://127.0.0.1:{}", ports[3 * i + 1]))
             .collect::<Vec<_>>()
             .join(",");
         let root = scratch_root();
@@ -78,8 +106,14 @@ impl EtcdServer {
             .map(|(i, name)| Member {
                 dir: root.join(format!("taskgraph-etcd-{tag}-{name}")),
                 name,
-                client_port: ports[2 * i],
-                peer_port: ports[2 * i + 1],
+                client_port: ports[3 * i],
+                peer_port: ports[3 * i + 1],
+                health_port: if tls.is_some() {
+                    ports[3 * i + 2]
+                } else {
+                    ports[3 * i]
+                },
+                tls: tls.clone(),
                 initial_cluster: initial_cluster.clone(),
                 cluster_token: format!("taskgraph-test-{tag}"),
                 process: None,
@@ -148,7 +182,7 @@ impl EtcdServer {
         let member = &self.members[i];
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if health(member.client_port) {
+            if health(member.health_port) {
                 return;
             }
             if Instant::now() > deadline {
@@ -175,7 +209,8 @@ impl Drop for EtcdServer {
 
 impl Member {
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn log_path(&self) -> PathBuf {
@@ -185,7 +220,7 @@ impl Member {
     /// Starts etcd (initial state "new": on a restart etcd reads its
     /// membership from the data dir and ignores the initial flags).
     fn spawn(&mut self, binary: &Path) {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -195,7 +230,20 @@ impl Member {
         let log_err = log
             .try_clone()
             .unwrap_or_else(|e| panic!("cannot clone the log file handle: {e}"));
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.trusted_ca)
+                .arg("--client-cert-auth")
+                .arg("--listen-metrics-urls")
+                .arg(format!("http://127.0.0.1:{}", self.health_port));
+        }
+        let child = command
             .arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
