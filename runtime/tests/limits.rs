@@ -190,7 +190,7 @@ async fn s19_the_largest_payload_crosses_tcp_intact_and_one_byte_more_is_refused
     );
 }
 
-/// Updates of the burst test: `(index, payload)` as the standby saw them.
+/// The indices of the updates the standby of the burst test applied, in order.
 type Applied = Arc<Mutex<Vec<u32>>>;
 
 /// The primary of task 0 replicates update 0 at once (which opens the
