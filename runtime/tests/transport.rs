@@ -56,12 +56,7 @@ async fn assert_job_completed(nodes: Vec<NodeHandle>, results: &Results) {
 
 /// Node 1 of a 3-task job alone (the job never gets going), with `secret`,
 /// and its events.
-async fn lone_node(
-    secret: Option<JobSecret>,
-) -> (
-    NodeHandle,
-    tokio::sync::mpsc::UnboundedReceiver<(NodeId, taskgraph_core::Event)>,
-) {
+async fn lone_node(secret: Option<JobSecret>) -> (NodeHandle, Events) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let store: Arc<dyn Store> = Arc::new(MemStoreServer::new());
     let cfg = NodeConfig::new(NodeId(1), "transport", "", 3, 0);
@@ -74,6 +69,37 @@ async fn lone_node(
         .await
         .expect("starts");
     (node, rx)
+}
+
+/// A lone node's events.
+type Events = tokio::sync::mpsc::UnboundedReceiver<(NodeId, taskgraph_core::Event)>;
+
+/// The session a lone node started, read from its events.
+async fn started_session(rx: &mut Events) -> SessionId {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some((_, taskgraph_core::Event::SessionStarted { session }))) => return session,
+            Ok(Some(_)) => {}
+            other => panic!("the node never started a session: {other:?}"),
+        }
+    }
+}
+
+/// Waits until a message from `sender` reaches a lone node's core (which
+/// drops it: the node holds no role); a message from any other sender
+/// first fails the test. `what` names the message in the failure.
+async fn first_message_is_from(rx: &mut Events, sender: NodeId, what: &str) {
+    use taskgraph_core::Event;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some((_, Event::MessageDropped { from, .. }))) if from == sender => return,
+            Ok(Some((_, Event::MessageDropped { from, reason }))) => {
+                panic!("a message from {from} reached the core ({reason:?})")
+            }
+            Ok(Some(_)) => {}
+            other => panic!("{what} never arrived: {other:?}"),
+        }
+    }
 }
 
 /// Whether the node closes `s` within 3 s (heartbeats are skipped).
@@ -328,13 +354,7 @@ async fn a_connection_tells_a_dead_process_from_an_unreachable_one() {
     // A live node answers with its own session: another one than expected
     // means the expected session is over.
     let (node, mut rx) = lone_node(None).await;
-    let session = loop {
-        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-            Ok(Some((_, taskgraph_core::Event::SessionStarted { session }))) => break session,
-            Ok(Some(_)) => {}
-            other => panic!("the node never started a session: {other:?}"),
-        }
-    };
+    let session = started_session(&mut rx).await;
     let stale = SessionId(session.0 + 1000);
     assert_eq!(
         outbound_end(node.addr, NodeId(1), stale, None).await,
@@ -850,20 +870,14 @@ async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_recorded_connection_replayed_byte_for_byte_is_refused_at_the_handshake() {
-    use taskgraph_core::{Disconnect, Event};
+    use taskgraph_core::Disconnect;
     use taskgraph_runtime::transport::{
         message_frame, run_outbound, OutboundTarget, TransportConfig, TransportEvent,
     };
     let logs = Logs::capture();
     let secret = JobSecret::new("replay me if you can").expect("secret");
     let (node, mut rx) = lone_node(Some(secret.clone())).await;
-    let session = loop {
-        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-            Ok(Some((_, Event::SessionStarted { session }))) => break session,
-            Ok(Some(_)) => {}
-            other => panic!("the node never started a session: {other:?}"),
-        }
-    };
+    let session = started_session(&mut rx).await;
     let mut proxy = Proxy::bind().await;
     proxy.forward_to(node.addr);
 
@@ -894,21 +908,7 @@ async fn a_recorded_connection_replayed_byte_for_byte_is_refused_at_the_handshak
         events,
     ));
     // It reaches the core (which drops it: node 1 holds no role it is for).
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-            Ok(Some((
-                _,
-                Event::MessageDropped {
-                    from: NodeId(50), ..
-                },
-            ))) => break,
-            Ok(Some((_, Event::MessageDropped { from, reason }))) => {
-                panic!("a message from {from} reached the core ({reason:?})")
-            }
-            Ok(Some(_)) => {}
-            other => panic!("the recorded connection's message never arrived: {other:?}"),
-        }
-    }
+    first_message_is_from(&mut rx, NodeId(50), "the recorded connection's message").await;
     // The connector closes its connection cleanly once its queue closes.
     drop(queue_tx);
     tokio::time::timeout(Duration::from_secs(5), connector)
@@ -980,21 +980,7 @@ async fn a_recorded_connection_replayed_byte_for_byte_is_refused_at_the_handshak
     )
     .await;
     genuine.write_all(&meta_frame(1)).await.expect("writes");
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-            Ok(Some((
-                _,
-                Event::MessageDropped {
-                    from: NodeId(99), ..
-                },
-            ))) => break,
-            Ok(Some((_, Event::MessageDropped { from, reason }))) => {
-                panic!("a message from {from} reached the core ({reason:?})")
-            }
-            Ok(Some(_)) => {}
-            other => panic!("the genuine peer's message never arrived: {other:?}"),
-        }
-    }
+    first_message_is_from(&mut rx, NodeId(99), "the genuine peer's message").await;
     let refused = logs.lines_with(&[
         "WARN",
         "inbound connection refused",
