@@ -219,9 +219,10 @@ impl EtcdTls {
         self
     }
 
-    /// Parses the PEM fields: a clear error now rather than a failed
-    /// handshake later.
-    fn parse(&self) -> Result<ParsedTls, StoreError> {
+    /// Parses the PEM fields into the configuration of the diagnostic
+    /// handshake of a failed connect: a clear error now rather than a
+    /// failed handshake later.
+    fn parse(&self) -> Result<Arc<tokio_rustls::rustls::ClientConfig>, StoreError> {
         use tokio_rustls::rustls::pki_types::pem::PemObject;
         use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let invalid = |what: &str, why: String| {
@@ -265,9 +266,7 @@ impl EtcdTls {
         };
         // As the gRPC client does.
         config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(ParsedTls {
-            config: Arc::new(config),
-        })
+        Ok(Arc::new(config))
     }
 
     /// The client's TLS options.
@@ -285,11 +284,6 @@ impl EtcdTls {
         }
         tls
     }
-}
-
-/// [`EtcdTls`] parsed, for the diagnostic handshake of a failed connect.
-struct ParsedTls {
-    config: Arc<tokio_rustls::rustls::ClientConfig>,
 }
 
 /// A rustls configuration builder with the provider tonic uses too: the
@@ -947,7 +941,7 @@ const ALERT_WAIT: Duration = Duration::from_secs(1);
 /// nothing was found.
 async fn diagnose_tls(
     endpoints: &[String],
-    tls: Option<(&EtcdTls, &ParsedTls)>,
+    tls: Option<(&EtcdTls, &Arc<tokio_rustls::rustls::ClientConfig>)>,
     timeout: Duration,
 ) -> Option<String> {
     use tokio::io::AsyncReadExt;
@@ -962,7 +956,7 @@ async fn diagnose_tls(
             config.alpn_protocols = vec![b"h2".to_vec()];
             Arc::new(config)
         }
-        Some((_, parsed)) => parsed.config.clone(),
+        Some((_, config)) => config.clone(),
     };
     let connector = tokio_rustls::TlsConnector::from(config);
     for endpoint in endpoints {
